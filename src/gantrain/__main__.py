@@ -1,0 +1,3 @@
+from gantrain.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""What a run leaves for people to look at: image grids, metrics.csv and curves.png."""
+from pathlib import Path
+
+import torch
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] for saving: the inverse of Normalize(0.5, 0.5), clamped."""
+    return x.add(1).div(2).clamp(0, 1)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    """Save (N, C, H, W) images in [-1, 1] as one PNG grid."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(to_unit(images.detach().float().cpu()), path, nrow=nrow, padding=2)
+
+
+def save_real_images(data, path: Path, n: int = 64) -> None:
+    """A grid of the first n training images, to compare samples against."""
+    save_grid(data.x[:n], path)
+
+
+@torch.no_grad()
+def save_samples(G: torch.nn.Module, z: torch.Tensor, path: Path) -> None:
+    """G(z) for a fixed z as a grid, with G in eval mode (BatchNorm uses its running statistics)."""
+    was_training = G.training
+    G.eval()
+    save_grid(G(z), path)
+    G.train(was_training)
+
+
+def open_metrics(path: Path, columns: tuple[str, ...]):
+    """metrics.csv opened for appending, with a header when new."""
+    new = not path.exists()
+    f = open(path, "a", buffering=1)
+    if new:
+        f.write(",".join(columns) + "\n")
+    return f
+
+
+def read_metrics(path: Path) -> dict[str, list[float]]:
+    """metrics.csv as columns of floats."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [[float(v) for v in line.split(",")] for line in lines[1:] if line]
+    return {name: [row[j] for row in rows] for j, name in enumerate(header)}
+
+
+def plot_curves(metrics_csv: Path, path: Path) -> None:
+    """curves.png: d_loss and g_loss, then D(x) and D(G(z)), against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    m = read_metrics(metrics_csv)
+    fig, (ax_loss, ax_prob) = plt.subplots(1, 2, figsize=(11, 4))
+    style = "o-" if len(m["step"]) < 50 else "-"  # short runs have few log rows: show each one
+    ax_loss.plot(m["step"], m["d_loss"], style, label="d_loss")
+    ax_loss.plot(m["step"], m["g_loss"], style, label="g_loss")
+    ax_prob.plot(m["step"], m["d_x"], style, label="D(x)")
+    ax_prob.plot(m["step"], m["d_g_z"], style, label="D(G(z))")
+    ax_prob.set_ylim(0, 1)
+    for ax, title in ((ax_loss, "losses"), (ax_prob, "discriminator outputs (probabilities)")):
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if not m["step"]:
+        fig.suptitle("no log rows yet: fewer steps than log_every")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

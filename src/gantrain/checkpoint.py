@@ -1,0 +1,85 @@
+"""Checkpoints: tensors and plain Python values only, written atomically, loaded with weights_only=True."""
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gantrain.errors import UserError
+
+FORMAT = "gantrain-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "config", "data_shape", "epoch", "step", "G", "D", "opt_g", "opt_d", "rng")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` to `path` atomically: a temp file in the same folder, fsync, then rename over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half of one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and validate a gantrain checkpoint; any problem is a one-line UserError. Never unpickles code."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}; pass the path of a checkpoints/last.pt written by gantrain train")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a checkpoint; pass the file, e.g. {path / 'checkpoints' / 'last.pt'}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global that is not a tensor or plain value, so no code ever runs
+        reason = str(e).split("\n")[0][:160]
+        raise UserError(f"{path} is not a safe gantrain checkpoint: refused to unpickle it ({reason}); "
+                        f"only load checkpoints written by gantrain train") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__}); "
+                        f"use another checkpoint, e.g. the run's checkpoints/last.pt") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is a torch file but not a gantrain checkpoint (no '{FORMAT}' marker); "
+                        f"pass a checkpoint written by gantrain train")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise UserError(f"{path} has checkpoint format version {version!r}, this gantrain reads up to {VERSION}; "
+                        f"upgrade gantrain (pip install -U gantrain)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is an incomplete gantrain checkpoint (missing {', '.join(missing)}); "
+                        f"use another checkpoint")
+    return ckpt
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random state a run depends on, as tensors and plain values."""
+    np_state = np.random.get_state()
+    return {
+        "data": generator.get_state(),  # data order and noise: the one that matters for the maths
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(generator: torch.Generator, state: dict) -> None:
+    """Inverse of rng_state. CUDA states are restored only when this machine has as many GPUs."""
+    generator.set_state(state["data"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))

@@ -1,0 +1,135 @@
+"""The `gantrain` command: pops the command word, then hands the rest of argv to that command's Hydra app.
+
+Each command is one @hydra.main app, so overrides, -m, --cfg, --help, --hydra-help and shell
+completion all work as in any Hydra program. Bad input is reported as one line, without a traceback.
+"""
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from gantrain.errors import UserError
+
+CONF = "pkg://gantrain.conf"
+COMMANDS = {
+    "train": "train a GAN configured by conf/train.yaml (overrides: key=value, -m for sweeps)",
+    "sample": "generate images from a checkpoint alone (ckpt=PATH)",
+}
+USAGE = "usage: gantrain COMMAND [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
+    f"  {name:<8} {text}\n" for name, text in COMMANDS.items()
+) + "\n`gantrain COMMAND --help` shows that command's options."
+
+
+def run_dir_and_overrides() -> tuple[Path, list[str]]:
+    """This job's output dir and its command-line overrides, from Hydra's runtime config."""
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir), list(hc.overrides.task)
+
+
+SHOW_TRACEBACKS = False  # set from HYDRA_FULL_ERROR by main()
+
+
+def one_line_errors(task):
+    """Run a command's task; a UserError becomes one line on stderr and exit status 1, not a traceback."""
+    try:
+        return task()
+    except UserError as e:
+        if SHOW_TRACEBACKS:
+            raise
+        print(f"gantrain {HydraConfig.get().job.name}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+@hydra.main(config_path=CONF, config_name="train", version_base=None)
+def train_app(cfg: DictConfig):
+    from gantrain.train import train
+
+    return one_line_errors(lambda: train(cfg, *run_dir_and_overrides()))
+
+
+@hydra.main(config_path=CONF, config_name="sample", version_base=None)
+def sample_app(cfg: DictConfig):
+    from gantrain.sample import sample
+
+    return one_line_errors(lambda: sample(cfg, run_dir_and_overrides()[0]))
+
+
+APPS = {"train": train_app, "sample": sample_app}
+
+
+def describe_config_error(e: Exception) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing the config from overrides."""
+    from hydra.errors import MissingConfigException
+
+    cause = e.__cause__ or e.__context__
+    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        valid = ", ".join(sorted(e.options))
+        return f"unknown {group} '{name}': valid names are {valid} (e.g. {group}={sorted(e.options)[0]})"
+    text = str(e)
+    m = re.match(r"Could not override '([^']+)'", text)
+    if m and "not in struct" in str(cause):
+        key = m.group(1)
+        return f"unknown config key '{key}': `gantrain {{cmd}} --cfg job` lists the keys (to add one on purpose: +{key}=VALUE)"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if cause is not None and str(cause).strip():
+        first += f" ({str(cause).strip().splitlines()[0]})"
+    return f"{first}; overrides are key=value, see `gantrain {{cmd}} --help`"
+
+
+def strip_command_from_comp_line() -> str | None:
+    """Shell completion calls `gantrain -sc query=...` with COMP_LINE='gantrain train ...': take the command out."""
+    words = os.environ.get("COMP_LINE", "").split()
+    if len(words) < 2 or words[1] not in COMMANDS:
+        return None
+    os.environ["COMP_LINE"] = re.sub(rf"^(\s*\S+)\s+{words[1]}\b", r"\1", os.environ["COMP_LINE"], count=1)
+    return words[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and (argv[0] == "-sc" or argv[0].startswith("--shell-completion")):
+        cmd = strip_command_from_comp_line()
+        if cmd is None:  # completing the command word itself
+            print(" ".join(COMMANDS))
+            return 0
+        rest = argv
+    elif not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    elif argv[0] not in COMMANDS:
+        print(f"gantrain: unknown command '{argv[0]}'\n{USAGE}", file=sys.stderr)
+        return 2
+    else:
+        cmd, rest = argv[0], argv[1:]
+
+    # Hydra prints its own multi-line reports unless HYDRA_FULL_ERROR is set; we set it so errors reach us,
+    # and show a traceback only when the user asked for one.
+    global SHOW_TRACEBACKS
+    SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [f"gantrain {cmd}", *rest]
+    try:
+        APPS[cmd]()
+    except UserError as e:  # raised while Hydra composes, before a task runs
+        if SHOW_TRACEBACKS:
+            raise
+        print(f"gantrain {cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if SHOW_TRACEBACKS or not isinstance(e, (HydraException, OmegaConfBaseException)):
+            raise
+        print(f"gantrain {cmd}: error: " + describe_config_error(e).replace("{cmd}", cmd), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

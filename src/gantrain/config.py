@@ -1,0 +1,94 @@
+"""Config checks and helpers shared by the commands: types, devices, user paths, resume merging."""
+import re
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gantrain.errors import UserError
+
+POSITIVE_INTS = ("epochs", "batch_size", "latent_size", "hidden_size", "log_every")
+NON_NEGATIVE_INTS = ("sample_every", "ckpt_every", "seed")
+# keys a resumed run may change: they alter how the run proceeds or where it reads, not the model it trains
+MUTABLE_ON_RESUME = ("epochs", "device", "log_every", "sample_every", "ckpt_every", "resume",
+                     "trainer", "data.root", "data.download")
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Types and ranges of the top-level training keys: one UserError naming the key and a valid example."""
+    for key in POSITIVE_INTS + NON_NEGATIVE_INTS:
+        value, low = cfg[key], 1 if key in POSITIVE_INTS else 0
+        if not is_int(value) or value < low:
+            raise UserError(f"{key} must be an integer >= {low}, got {value!r}; e.g. {key}={EXAMPLES[key]}")
+    if cfg.trainer.precision not in ("fp32", "bf16"):
+        raise UserError(f"trainer.precision must be fp32 or bf16, got {cfg.trainer.precision!r}")
+    if not is_int(cfg.trainer.threads) or cfg.trainer.threads < 0:
+        raise UserError(f"trainer.threads must be an integer >= 0 (0 = torch's default), got {cfg.trainer.threads!r}")
+
+
+EXAMPLES = {"epochs": 200, "batch_size": 100, "latent_size": 64, "hidden_size": 256,
+            "log_every": 200, "sample_every": 1, "ckpt_every": 1, "seed": 0}
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' checked against this machine."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name} but torch sees no CUDA GPU on this machine; use device=cpu or device=auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device={name} but this machine has {torch.cuda.device_count()} GPU(s); "
+                            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def user_path(path: str) -> Path:
+    """A path the user typed, taken from the launch directory (runs keep hydra.job.chdir=false)."""
+    return Path(str(path)).expanduser().absolute()
+
+
+def kwargs_of(group: DictConfig, paths: tuple[str, ...] = ()) -> dict:
+    """A config group as keyword arguments for its builder: every key but `name`, `paths` made absolute."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != "name"}
+    for key in paths:
+        if kwargs.get(key) is not None:
+            kwargs[key] = str(user_path(kwargs[key]))
+    return kwargs
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The config keys (or group names) that command-line overrides set, via Hydra's own parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+
+
+def config_for_resume(ckpt: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The checkpoint's config, plus the overrides a resumed run may change; any other change is refused."""
+    saved = OmegaConf.create(ckpt["config"])
+    for key in override_keys(overrides):
+        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if any(key == m or key.startswith(m + ".") for m in MUTABLE_ON_RESUME):
+            OmegaConf.update(saved, key, new, force_add=True)
+        elif new != old:
+            raise UserError(f"resume: the checkpoint was trained with {key}={_show(old)}, cannot continue with "
+                            f"{key}={_show(new)}; drop that override or start a new run without resume=")
+    if saved.epochs <= ckpt["epoch"]:
+        raise UserError(f"resume: the checkpoint has already trained {ckpt['epoch']} of epochs={saved.epochs}; "
+                        f"raise it, e.g. epochs={ckpt['epoch'] * 2}")
+    return saved
+
+
+def _show(value) -> str:
+    if isinstance(value, DictConfig):
+        return str(value.get("name", OmegaConf.to_container(value)))
+    return str(value)

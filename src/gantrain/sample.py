@@ -1,0 +1,96 @@
+"""gantrain sample: rebuild G from the config inside a checkpoint and write samples; nothing else is needed."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gantrain import artifacts
+from gantrain.checkpoint import load_checkpoint
+from gantrain.config import is_int, pick_device, user_path
+from gantrain.errors import UserError
+
+log = logging.getLogger("gantrain")
+FORMATS = ("grid", "png", "npz")
+
+
+def check_sample_config(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise UserError("ckpt is required: gantrain sample ckpt=outputs/train/<date>/<time>/checkpoints/last.pt")
+    for key, low in (("n", 1), ("nrow", 1), ("seed", 0), ("interpolate", 0)):
+        if not is_int(cfg[key]) or cfg[key] < low:
+            raise UserError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
+    if cfg.format not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
+    if str(cfg.ema) not in ("auto", "True", "False"):
+        raise UserError(f"ema must be auto, true or false, got {cfg.ema!r}")
+
+
+def generator_from_checkpoint(ckpt: dict, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """G rebuilt from the checkpoint's own config, with its (EMA) weights, in eval mode; also the latent size."""
+    from gantrain.train import build_networks
+
+    saved = OmegaConf.create(ckpt["config"])
+    G, _ = build_networks(saved, tuple(ckpt["data_shape"]))
+    has_ema = ckpt.get("G_ema") is not None
+    if use_ema is True and not has_ema:
+        raise UserError("ema=true but this checkpoint has no EMA weights (trained with ema_decay off); use ema=auto")
+    weights = ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"]
+    try:
+        G.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit the network its config names ({str(e).splitlines()[0][:100]})") from None
+    return G.to(device).eval(), saved.latent_size
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation: z0, z1 (K, L), t (T,) -> (K, T, L); linear where the endpoints are parallel."""
+    cos = torch.nn.functional.cosine_similarity(z0, z1, dim=1).clamp(-1, 1)[:, None, None]  # (K, 1, 1)
+    omega, t = torch.acos(cos), t[None, :, None]
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6
+    w0 = torch.where(parallel, 1 - t, torch.sin((1 - t) * omega) / torch.where(parallel, 1.0, sin))
+    w1 = torch.where(parallel, t, torch.sin(t * omega) / torch.where(parallel, 1.0, sin))
+    return w0 * z0[:, None] + w1 * z1[:, None]
+
+
+def planned_files(cfg: DictConfig, out: Path) -> list[Path]:
+    if cfg.interpolate > 0:
+        return [out / "interpolation.png"]
+    if cfg.format == "png":
+        return [out / f"sample_{i:05d}.png" for i in range(cfg.n)]
+    return [out / ("samples.npz" if cfg.format == "npz" else "samples.png")]
+
+
+def sample(cfg: DictConfig, run_dir: Path) -> None:
+    """Write samples of the checkpoint's generator as a grid, single PNGs, an npz, or an interpolation."""
+    check_sample_config(cfg)
+    ckpt = load_checkpoint(user_path(cfg.ckpt))
+    device = pick_device(cfg.device)
+    G, latent_size = generator_from_checkpoint(ckpt, cfg.ema, device)
+    out = user_path(cfg.out) if cfg.out else run_dir
+    files = planned_files(cfg, out)
+    existing = [f for f in files if f.exists()]
+    if existing and not cfg.overwrite:
+        raise UserError(f"{existing[0]} already exists; pass overwrite=true or another out=DIR")
+
+    gen = torch.Generator().manual_seed(cfg.seed)  # drawn on the CPU: same seed, same samples on any device
+    if cfg.interpolate > 0:
+        ends = torch.randn(2, cfg.interpolate, latent_size, generator=gen)
+        z = slerp(ends[0], ends[1], torch.linspace(0, 1, cfg.nrow)).reshape(-1, latent_size)
+    else:
+        z = torch.randn(cfg.n, latent_size, generator=gen)
+    with torch.no_grad():
+        x = torch.cat([G(chunk.to(device)).float().cpu() for chunk in z.split(1024)])  # (n, C, H, W) in [-1, 1]
+
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "npz" and cfg.interpolate == 0:
+        np.savez(files[0], samples=x.numpy())
+    elif cfg.format == "png" and cfg.interpolate == 0:
+        for image, path in zip(x, files):
+            artifacts.save_grid(image[None], path, nrow=1)
+    else:
+        artifacts.save_grid(x, files[0], nrow=cfg.nrow)
+    where = files[0] if len(files) == 1 else f"{out}/sample_*.png ({len(files)} files)"
+    log.info(f"wrote {len(x)} samples from {user_path(cfg.ckpt)} (epoch {ckpt['epoch']}, step {ckpt['step']}) to {where}")
