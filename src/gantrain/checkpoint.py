@@ -2,6 +2,7 @@
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -38,12 +39,18 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint not found: {path}; pass the path of a checkpoints/last.pt written by gantrain train")
     if path.is_dir():
         raise UserError(f"{path} is a directory, not a checkpoint; pass the file, e.g. {path / 'checkpoints' / 'last.pt'}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # a torch zip archive, or a legacy pickle
+        raise UserError(f"{path} is not a checkpoint (neither a torch archive nor a pickle); "
+                        f"pass a checkpoints/last.pt written by gantrain train")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global that is not a tensor or plain value, so no code ever runs
-        reason = str(e).split("\n")[0][:160]
-        raise UserError(f"{path} is not a safe gantrain checkpoint: refused to unpickle it ({reason}); "
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it references {found.group(1)}" if found else "it holds objects other than tensors and plain values"
+        raise UserError(f"{path} was refused: {what}, which gantrain never unpickles; "
                         f"only load checkpoints written by gantrain train") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__}); "

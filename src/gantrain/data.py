@@ -31,11 +31,11 @@ class TensorData:
 
 def from_uint8(images: np.ndarray | torch.Tensor, labels=None) -> TensorData:
     """uint8 pixels (N, H, W) or (N, C, H, W) in 0..255 -> TensorData in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
-    x = torch.as_tensor(images).float()
+    x = torch.tensor(np.asarray(images)).float()  # a copy: IDX buffers are read-only
     if x.dim() == 3:
         x = x.unsqueeze(1)
     x = x.div_(127.5).sub_(1.0)
-    y = None if labels is None else torch.as_tensor(labels).long()
+    y = None if labels is None else torch.tensor(np.asarray(labels)).long()
     return TensorData(x.contiguous(), y)
 
 

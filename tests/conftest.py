@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny MNIST-format data written by the tests, and the real configs composed once and shrunk."""
+import copy
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+N_TINY = 120  # images in the tiny IDX data set
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """Write a uint8 array in the IDX format MNIST uses (magic 0x00000800 | ndim, big-endian dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def tiny_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 'digits': a bright bar whose position is the label, plus noise. Learnable, not trivial."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for i, label in enumerate(labels):
+        images[i, 4:24, 2 + 2 * label: 5 + 2 * label] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_mnist(root: Path, n: int = N_TINY, gz: bool = False) -> Path:
+    images, labels = tiny_images(n)
+    raw = root / "MNIST" / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", images, gz)
+    write_idx(raw / "train-labels-idx1-ubyte", labels, gz)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    return write_mnist(tmp_path_factory.mktemp("data"))
+
+
+TINY = ["device=cpu", "epochs=2", "batch_size=20", "latent_size=8", "hidden_size=32", "log_every=3",
+        "trainer.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def base_cfg(mnist_root):
+    """conf/train.yaml composed once, shrunk to tiny CPU runs on the tiny IDX data."""
+    with initialize_config_module("gantrain.conf", version_base=None):
+        return compose("train", overrides=[*TINY, "data=mnist", f"data.root={mnist_root}"])
+
+
+@pytest.fixture
+def cfg(base_cfg):
+    """A private copy of the tiny config that a test may change."""
+    return copy.deepcopy(base_cfg)
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_module("gantrain.conf", version_base=None):
+        return compose("train", overrides=overrides)
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the real `gantrain` CLI (as `python -m gantrain`) in a subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "gantrain", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def only_run_dir(root: Path, command: str = "train") -> Path:
+    """The single run dir under root/outputs/<command>/<date>/<time>."""
+    dirs = sorted((root / "outputs" / command).glob("*/*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def to_plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)

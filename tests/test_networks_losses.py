@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gantrain.losses import BCELoss
+from gantrain.registry import REGISTRIES, lookup
+
+lookup("model", "mlp")  # fill the registry before parametrizing over it
+MODELS = sorted(REGISTRIES["model"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_generator_and_discriminator_shapes(name):
+    G, D = lookup("model", name)(data_shape=(1, 28, 28), latent_size=16, hidden_size=32)
+    x = G(torch.randn(5, 16))
+    assert x.shape == (5, 1, 28, 28)
+    assert x.min() >= -1 and x.max() <= 1  # Tanh output, the data's range
+    assert D(x).shape == (5,)
+
+
+def test_mlp_matches_the_reference_architecture():
+    G, D = lookup("model", "mlp")(data_shape=(1, 28, 28), latent_size=64, hidden_size=256)
+    linear_shapes = lambda m: [tuple(l.weight.shape) for l in m.modules() if isinstance(l, nn.Linear)]
+    assert linear_shapes(G) == [(256, 64), (256, 256), (784, 256)]
+    assert linear_shapes(D) == [(256, 784), (256, 256), (1, 256)]
+    assert [type(m) for m in G.net if not isinstance(m, nn.Linear)] == [nn.ReLU, nn.ReLU, nn.Tanh]
+    slopes = [m.negative_slope for m in D.net if isinstance(m, nn.LeakyReLU)]
+    assert slopes == [0.2, 0.2]
+
+
+def test_bce_loss_values_on_known_logits():
+    loss = BCELoss()
+    zero = torch.zeros(4)
+    # D(x) = D(G(z)) = 0.5: each half costs log 2
+    assert loss.d_loss(zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert loss.g_loss(zero).item() == pytest.approx(math.log(2))
+    # logit 2 for real (p = sigmoid(2)), logit -1 for fake
+    p_real, p_fake = torch.sigmoid(torch.tensor(2.0)), torch.sigmoid(torch.tensor(-1.0))
+    expected_d = -torch.log(p_real) - torch.log(1 - p_fake)
+    assert loss.d_loss(torch.full((3,), 2.0), torch.full((3,), -1.0)).item() == pytest.approx(expected_d.item())
+    assert loss.g_loss(torch.full((3,), -1.0)).item() == pytest.approx(-torch.log(p_fake).item())
+
+
+def test_bce_on_logits_equals_the_references_sigmoid_plus_bceloss():
+    torch.manual_seed(0)
+    real, fake = torch.randn(50) * 3, torch.randn(50) * 3
+    bce = nn.BCELoss()
+    ref_d = bce(torch.sigmoid(real), torch.ones(50)) + bce(torch.sigmoid(fake), torch.zeros(50))
+    ref_g = bce(torch.sigmoid(fake), torch.ones(50))
+    assert torch.allclose(BCELoss().d_loss(real, fake), ref_d, atol=1e-5)
+    assert torch.allclose(BCELoss().g_loss(fake), ref_g, atol=1e-5)
+
+
+def test_bce_on_logits_stays_finite_where_sigmoid_saturates():
+    huge = torch.full((2,), 200.0)
+    assert torch.isfinite(BCELoss().d_loss(-huge, huge))  # sigmoid(-200) == 0 exactly in float32

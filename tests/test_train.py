@@ -1,0 +1,149 @@
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from gantrain.checkpoint import load_checkpoint
+from gantrain.errors import UserError
+from gantrain.losses import BCELoss
+from gantrain.train import make_step, train
+
+
+def weights(run_dir, net="G"):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")[net]
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def tiny_parts(seed=0):
+    from gantrain.networks import mlp
+
+    torch.manual_seed(seed)
+    G, D = mlp(data_shape=(1, 28, 28), latent_size=8, hidden_size=16)
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+    return G, D, opt_g, opt_d
+
+
+def test_one_step_changes_both_networks():
+    G, D, opt_g, opt_d = tiny_parts()
+    before_g, before_d = copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict())
+    step = make_step(G, D, BCELoss(), opt_g, opt_d)
+    stats = step(torch.rand(4, 1, 28, 28) * 2 - 1, torch.randn(4, 8), torch.randn(4, 8))
+    assert stats.shape == (4,) and torch.isfinite(stats).all()
+    assert 0 < stats[2] < 1 and 0 < stats[3] < 1  # D(x), D(G(z)) are probabilities
+    for before, net in ((before_g, G), (before_d, D)):
+        for k, v in net.state_dict().items():
+            assert not torch.equal(before[k], v), k
+
+
+def test_d_step_does_not_backpropagate_into_g_and_g_step_adds_nothing_to_d():
+    G, D, opt_g, opt_d = tiny_parts()
+    real, z_d, z_g = torch.rand(4, 1, 28, 28) * 2 - 1, torch.randn(4, 8), torch.randn(4, 8)
+    # D's gradient from the D step alone, on copies
+    G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+    BCELoss().d_loss(D2(real), D2(G2(z_d))).backward()
+    fired = []
+    for p in G.parameters():  # record in which phase gradients reach G
+        p.register_hook(lambda g: fired.append(len(opt_d.state)))
+    make_step(G, D, BCELoss(), opt_g, opt_d)(real, z_d, z_g)
+    assert fired and all(n > 0 for n in fired)  # only after D's update: the D step never reached G
+    for p, p2 in zip(D.parameters(), D2.parameters()):  # D frozen in the G step: its grads are the D step's
+        assert torch.allclose(p.grad, p2.grad, atol=1e-6)
+        assert p.requires_grad  # unfrozen again afterwards
+
+
+def test_step_reports_d_x_as_probability_of_the_real_batch():
+    G, D, opt_g, opt_d = tiny_parts()
+    real, z_d = torch.rand(6, 1, 28, 28) * 2 - 1, torch.randn(6, 8)
+    with torch.no_grad():
+        expected_dx = torch.sigmoid(D(real)).mean()
+        expected_dgz = torch.sigmoid(D(G(z_d))).mean()
+    stats = make_step(G, D, BCELoss(), opt_g, opt_d)(real, z_d, torch.randn(6, 8))
+    assert stats[2].item() == pytest.approx(expected_dx.item(), abs=1e-6)
+    assert stats[3].item() == pytest.approx(expected_dgz.item(), abs=1e-6)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(cfg, tmp_path):
+    train(cfg, tmp_path / "a", [])
+    train(cfg, tmp_path / "b", [])
+    cfg.seed = 1
+    train(cfg, tmp_path / "c", [])
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    assert not torch.equal(weights(tmp_path / "a")["net.0.weight"], weights(tmp_path / "c")["net.0.weight"])
+
+
+def test_resume_is_bit_exact(cfg, tmp_path):
+    train(cfg, tmp_path / "straight", [])
+    cfg.epochs = 1
+    train(cfg, tmp_path / "first", [])
+    cfg.epochs, cfg.resume = 2, str(tmp_path / "first" / "checkpoints" / "last.pt")
+    train(cfg, tmp_path / "resumed", ["epochs=2", f"resume={cfg.resume}"])
+    for net in ("G", "D", "opt_g", "opt_d"):
+        a, b = load_checkpoint(tmp_path / "straight/checkpoints/last.pt"), load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
+        if net.startswith("opt"):
+            for (k, sa), sb in zip(a[net]["state"].items(), b[net]["state"].values()):
+                assert all(torch.equal(sa[n], sb[n]) for n in sa), (net, k)
+        else:
+            assert_same_weights(a[net], b[net])
+    resumed = load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
+    assert (resumed["epoch"], resumed["step"]) == (2, 2 * 120 // 20)
+
+
+def test_resume_refuses_a_changed_network_and_allows_more_epochs(cfg, tmp_path):
+    cfg.epochs = 1
+    train(cfg, tmp_path / "first", [])
+    ckpt = str(tmp_path / "first" / "checkpoints" / "last.pt")
+    changed = copy.deepcopy(cfg)
+    changed.hidden_size, changed.epochs, changed.resume = 64, 2, ckpt
+    with pytest.raises(UserError, match="hidden_size=32, cannot continue with hidden_size=64"):
+        train(changed, tmp_path / "x", ["hidden_size=64", "epochs=2", f"resume={ckpt}"])
+    # an unchanged default that was not overridden is fine, and so are epochs and log_every
+    ok = copy.deepcopy(cfg)
+    ok.epochs, ok.log_every, ok.hidden_size, ok.resume = 3, 2, 256, ckpt
+    train(ok, tmp_path / "y", ["epochs=3", "log_every=2", f"resume={ckpt}"])
+    final = load_checkpoint(tmp_path / "y" / "checkpoints" / "last.pt")
+    assert final["epoch"] == 3 and final["config"]["hidden_size"] == 32 and final["config"]["log_every"] == 2
+
+
+def test_resume_with_no_epochs_left_says_how_to_continue(cfg, tmp_path):
+    train(cfg, tmp_path / "a", [])
+    cfg.resume = str(tmp_path / "a" / "checkpoints" / "last.pt")
+    with pytest.raises(UserError, match="epochs=4"):
+        train(cfg, tmp_path / "b", [f"resume={cfg.resume}"])
+
+
+def test_checkpoint_holds_only_tensors_and_plain_values(cfg, tmp_path):
+    train(cfg, tmp_path, [])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)  # would raise on any object
+
+    def check(value):
+        if isinstance(value, dict):
+            [check(v) for v in value.values()]
+        elif isinstance(value, (list, tuple)):
+            [check(v) for v in value]
+        else:
+            assert value is None or isinstance(value, (torch.Tensor, int, float, str, bool)), type(value)
+
+    check(ckpt)
+    assert ckpt["config"] == OmegaConf.to_container(cfg, resolve=True)
+    assert set(ckpt["rng"]) == {"data", "torch", "cuda", "numpy", "python"}
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("epochs", "abc", "epochs must be an integer >= 1, got 'abc'"),
+    ("epochs", 0, "epochs must be an integer >= 1"),
+    ("batch_size", -5, "batch_size must be an integer >= 1"),
+    ("batch_size", 1000, "batch_size=1000 is larger than the data set (120 examples)"),
+    ("device", "cuda:0" if not torch.cuda.is_available() else "cuda:99", "device=cuda"),
+    ("device", "tpu", "device must be auto, cpu, cuda or cuda:N"),
+])
+def test_bad_values_are_one_line_user_errors(cfg, tmp_path, key, value, message):
+    cfg[key] = value
+    with pytest.raises(UserError) as e:
+        train(cfg, tmp_path, [])
+    assert message in str(e.value) and "\n" not in str(e.value)
