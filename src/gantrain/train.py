@@ -20,10 +20,20 @@ STATS = ("d_loss", "g_loss", "d_x", "d_g_z")  # what a step returns, in this ord
 N_FIXED = 64  # size of the fixed latent batch behind samples/epoch_NNNN.png
 
 
-def make_step(G, D, loss, opt_g, opt_d, precision: str = "fp32"):
-    """One GAN step as a closure: step(real (B,...), z_d (B,L), z_g (B,L)) -> stats (4,) on the device."""
+def has_batch_statistics(net: torch.nn.Module) -> bool:
+    """True if the net normalises over the batch, so real and fake must not share one forward pass."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def make_step(G, D, loss, opt_g, opt_d, precision: str = "fp32", joint_d_pass: bool = False):
+    """One GAN step as a closure: step(real (B,...), z_d (B,L), z_g (B,L)) -> stats (4,) on the device.
+
+    joint_d_pass runs D once over [real; fake] (one matrix product of 2B rows instead of two of B):
+    the same maths, summed in another order, so weights differ from two passes by float rounding only.
+    """
     device_type = next(G.parameters()).device.type
     autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    joint_d_pass = joint_d_pass and not has_batch_statistics(D)
 
     def step(real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor) -> torch.Tensor:
         # ---------------------------------------------------------------- #
@@ -33,7 +43,10 @@ def make_step(G, D, loss, opt_g, opt_d, precision: str = "fp32"):
         with torch.no_grad(), autocast():
             fake = G(z_d)
         with autocast():
-            real_logits, fake_logits = D(real), D(fake)  # (B,), (B,)
+            if joint_d_pass:
+                real_logits, fake_logits = D(torch.cat([real, fake.to(real.dtype)])).chunk(2)  # (B,), (B,)
+            else:
+                real_logits, fake_logits = D(real), D(fake)  # (B,), (B,)
             d_loss = loss.d_loss(real_logits.float(), fake_logits.float())
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -82,20 +95,22 @@ def build_networks(cfg, data_shape) -> tuple[torch.nn.Module, torch.nn.Module]:
         raise UserError(f"model '{cfg.model.name}' got a bad option ({e}); see conf/model/{cfg.model.name}.yaml") from None
 
 
-def build_optimizer(cfg_optim, module: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named in the config over `module`'s parameters; its keys go to torch."""
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd")  # torch has one-kernel (fused) versions of these on CPU and CUDA
+
+
+def build_optimizer(cfg_optim, module: torch.nn.Module, fast: bool = False) -> torch.optim.Optimizer:
+    """The optimizer named in the config over `module`'s parameters; its keys go to torch (fused when fast)."""
+    kwargs = kwargs_of(cfg_optim)
+    if fast and cfg_optim.name in FUSED_OPTIMIZERS:
+        kwargs.setdefault("fused", True)
     try:
-        return lookup("optim", cfg_optim.name)(module.parameters(), **kwargs_of(cfg_optim))
+        return lookup("optim", cfg_optim.name)(module.parameters(), **kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(f"optim '{cfg_optim.name}' rejected its options: {e}; check the optim.* overrides") from None
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
-    """Build data, networks, loss and optimizers from `cfg`, then train; artifacts go to `run_dir`."""
-    ckpt = None
-    if cfg.resume:
-        ckpt = load_checkpoint(user_path(cfg.resume))
-        cfg = config_for_resume(ckpt, cfg, overrides)
+def build_parts(cfg: DictConfig) -> Parts:
+    """Data, networks, loss, optimizers and the step, as the config names them, on the configured device."""
     check_train_config(cfg)
     device = pick_device(cfg.device)
     if cfg.trainer.threads > 0:
@@ -108,14 +123,32 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
                         f"use batch_size<={len(data)}")
     G, D = (net.to(device) for net in build_networks(cfg, data.shape))
     loss = lookup("loss", cfg.loss.name)(**kwargs_of(cfg.loss))
-    opt_g, opt_d = build_optimizer(cfg.optim, G), build_optimizer(cfg.optim, D)
+    fast = cfg.trainer.fast
+    opt_g, opt_d = build_optimizer(cfg.optim, G, fast), build_optimizer(cfg.optim, D, fast)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    parts = Parts(G, D, opt_g, opt_d, make_step(G, D, loss, opt_g, opt_d, cfg.trainer.precision), data, gen, device)
+    step = make_step(G, D, loss, opt_g, opt_d, cfg.trainer.precision, joint_d_pass=fast)
+    return Parts(G, D, opt_g, opt_d, step, data, gen, device)
 
+
+def batches(data: TensorData, batch_size: int, latent_size: int, gen: torch.Generator):
+    """One epoch from a fresh permutation: yields (i, real (B, C, H, W), z (2, B, latent)); drops a last partial batch."""
+    order = torch.randperm(len(data), generator=gen, device=data.x.device)
+    for i in range(len(data) // batch_size):
+        real = data.x[order[i * batch_size:(i + 1) * batch_size]]
+        yield i, real, torch.randn(2, batch_size, latent_size, generator=gen, device=data.x.device)
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
+    """Build everything `cfg` names (resuming from cfg.resume if set), then train; artifacts go to `run_dir`."""
+    ckpt = None
+    if cfg.resume:
+        ckpt = load_checkpoint(user_path(cfg.resume))
+        cfg = config_for_resume(ckpt, cfg, overrides)
+    parts = build_parts(cfg)
     start_epoch, step = 0, 0
     if ckpt is not None:
         start_epoch, step = restore(parts, ckpt)
-        log.info(f"resumed from {user_path(cfg.resume)} at epoch {start_epoch}, step {step}; writing to {run_dir}")
+        log.info(f"resumed from {user_path(cfg.resume)} at epoch {start_epoch}, step {step}")
     return fit(cfg, parts, run_dir, start_epoch, step)
 
 
@@ -168,12 +201,9 @@ def fit(cfg, parts: Parts, run_dir: Path, start_epoch: int, step: int) -> float 
     log.info(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, "
              f"{steps_per_epoch} steps/epoch) on {device}, epochs {start_epoch + 1}..{cfg.epochs}; run dir {run_dir}")
     for epoch in range(start_epoch, cfg.epochs):
-        order = torch.randperm(len(data), generator=parts.gen, device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not sys.stderr.isatty(), file=sys.stderr)
-        for i in bar:
-            real = data.x[order[i * B:(i + 1) * B]]  # (B, C, H, W)
-            z = torch.randn(2, B, cfg.latent_size, generator=parts.gen, device=device)
+        bar = tqdm(batches(data, B, cfg.latent_size, parts.gen), total=steps_per_epoch, leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not sys.stderr.isatty(), file=sys.stderr)
+        for i, real, z in bar:
             stats = parts.step(real, z[0], z[1])
             step += 1
             if step % cfg.log_every == 0:
