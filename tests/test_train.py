@@ -33,7 +33,7 @@ def test_one_step_changes_both_networks():
     G, D, opt_g, opt_d = tiny_parts()
     before_g, before_d = copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict())
     step = make_step(G, D, BCELoss(), opt_g, opt_d)
-    stats = step(torch.rand(4, 1, 28, 28) * 2 - 1, torch.randn(4, 8), torch.randn(4, 8))
+    stats = step(torch.rand(1, 4, 1, 28, 28) * 2 - 1, torch.randn(2, 4, 8))
     assert stats.shape == (4,) and torch.isfinite(stats).all()
     assert 0 < stats[2] < 1 and 0 < stats[3] < 1  # D(x), D(G(z)) are probabilities
     for before, net in ((before_g, G), (before_d, D)):
@@ -50,7 +50,7 @@ def test_d_step_does_not_backpropagate_into_g_and_g_step_adds_nothing_to_d():
     fired = []
     for p in G.parameters():  # record in which phase gradients reach G
         p.register_hook(lambda g: fired.append(len(opt_d.state)))
-    make_step(G, D, BCELoss(), opt_g, opt_d)(real, z_d, z_g)
+    make_step(G, D, BCELoss(), opt_g, opt_d)(real[None], torch.stack([z_d, z_g]))
     assert fired and all(n > 0 for n in fired)  # only after D's update: the D step never reached G
     for p, p2 in zip(D.parameters(), D2.parameters()):  # D frozen in the G step: its grads are the D step's
         assert torch.allclose(p.grad, p2.grad, atol=1e-6)
@@ -63,7 +63,7 @@ def test_step_reports_d_x_as_probability_of_the_real_batch():
     with torch.no_grad():
         expected_dx = torch.sigmoid(D(real)).mean()
         expected_dgz = torch.sigmoid(D(G(z_d))).mean()
-    stats = make_step(G, D, BCELoss(), opt_g, opt_d)(real, z_d, torch.randn(6, 8))
+    stats = make_step(G, D, BCELoss(), opt_g, opt_d)(real[None], torch.stack([z_d, torch.randn(6, 8)]))
     assert stats[2].item() == pytest.approx(expected_dx.item(), abs=1e-6)
     assert stats[3].item() == pytest.approx(expected_dgz.item(), abs=1e-6)
 
@@ -138,7 +138,7 @@ def test_checkpoint_holds_only_tensors_and_plain_values(cfg, tmp_path):
     ("epochs", "abc", "epochs must be an integer >= 1, got 'abc'"),
     ("epochs", 0, "epochs must be an integer >= 1"),
     ("batch_size", -5, "batch_size must be an integer >= 1"),
-    ("batch_size", 1000, "batch_size=1000 is larger than the data set (120 examples)"),
+    ("batch_size", 1000, "batch_size=1000 (x n_critic=1) is larger than the data set (120 examples)"),
     ("device", "cuda:0" if not torch.cuda.is_available() else "cuda:99", "device=cuda"),
     ("device", "tpu", "device must be auto, cpu, cuda or cuda:N"),
 ])

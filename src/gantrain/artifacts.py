@@ -4,6 +4,16 @@ from pathlib import Path
 import torch
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported only when a plot is made."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1] for saving: the inverse of Normalize(0.5, 0.5), clamped."""
     return x.add(1).div(2).clamp(0, 1)
@@ -17,17 +27,41 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     save_image(to_unit(images.detach().float().cpu()), path, nrow=nrow, padding=2)
 
 
-def save_real_images(data, path: Path, n: int = 64) -> None:
-    """A grid of the first n training images, to compare samples against."""
-    save_grid(data.x[:n], path)
+def save_scatter(points: torch.Tensor, path: Path, real: torch.Tensor | None = None, title: str = "") -> None:
+    """Save (N, 2) points as a scatter plot PNG, over real points in grey when given."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if real is not None:
+        ax.scatter(*real.detach().float().cpu().T, s=2, c="0.75", label="real")
+    ax.scatter(*points.detach().float().cpu().T, s=2, c="tab:blue", label="generated" if real is not None else None)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    if real is not None:
+        ax.legend(loc="upper right", markerscale=4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_examples(x: torch.Tensor, path: Path, nrow: int = 8, real: torch.Tensor | None = None) -> None:
+    """Images (N, C, H, W) in [-1, 1] as a grid; 2D points (N, 2) as a scatter plot."""
+    if x.dim() == 2:
+        save_scatter(x, path, real, title=path.stem)
+    else:
+        save_grid(x, path, nrow)
+
+
+def save_real_images(data, path: Path) -> None:
+    """The first training examples (64 images or 2,500 points), to compare samples against."""
+    save_examples(data.x[:2500] if data.x.dim() == 2 else data.x[:64], path)
 
 
 @torch.no_grad()
-def save_samples(G: torch.nn.Module, z: torch.Tensor, path: Path) -> None:
-    """G(z) for a fixed z as a grid, with G in eval mode (BatchNorm uses its running statistics)."""
+def save_samples(G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, path: Path, real=None) -> None:
+    """G(z, y) for a fixed z as a grid or scatter, with G in eval mode (BatchNorm uses its running statistics)."""
     was_training = G.training
     G.eval()
-    save_grid(G(z), path)
+    save_examples(G(z, y), path, real=real)
     G.train(was_training)
 
 
@@ -50,11 +84,7 @@ def read_metrics(path: Path) -> dict[str, list[float]]:
 
 def plot_curves(metrics_csv: Path, path: Path) -> None:
     """curves.png: d_loss and g_loss, then D(x) and D(G(z)), against the optimizer step."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     m = read_metrics(metrics_csv)
     fig, (ax_loss, ax_prob) = plt.subplots(1, 2, figsize=(11, 4))
     style = "o-" if len(m["step"]) < 50 else "-"  # short runs have few log rows: show each one

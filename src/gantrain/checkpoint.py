@@ -90,3 +90,14 @@ def set_rng_state(generator: torch.Generator, state: dict) -> None:
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+
+
+def load_weights(net: torch.nn.Module, state: dict) -> None:
+    """load_state_dict, with a mismatch reported as a one-line UserError."""
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if "mismatch" in line or "Missing" in line or "Unexpected" in line), lines[0] if lines else "")
+        raise UserError(f"checkpoint does not match the networks it names ({detail[:140]}); "
+                        f"use a checkpoint as gantrain train wrote it") from None

@@ -33,14 +33,22 @@ def run_dir_and_overrides() -> tuple[Path, list[str]]:
 SHOW_TRACEBACKS = False  # set from HYDRA_FULL_ERROR by main()
 
 
+def os_error_line(e: OSError) -> str:
+    """A full disk, a read-only or missing folder: say which file and what to do."""
+    where = f" {e.filename}" if e.filename else ""
+    return (f"file system error on{where}: {e.strerror or e}; free some space, fix the permissions or choose "
+            f"another folder (hydra.run.dir=DIR); files already written are kept")
+
+
 def one_line_errors(task):
-    """Run a command's task; a UserError becomes one line on stderr and exit status 1, not a traceback."""
+    """Run a command's task; a user's mistake becomes one line on stderr and exit status 1, not a traceback."""
     try:
         return task()
-    except UserError as e:
-        if SHOW_TRACEBACKS:
+    except Exception as e:
+        line = error_line(e)
+        if SHOW_TRACEBACKS or line is None:
             raise
-        print(f"gantrain {HydraConfig.get().job.name}: error: {e}", file=sys.stderr)
+        print(f"gantrain {HydraConfig.get().job.name}: error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -70,15 +78,30 @@ def describe_config_error(e: Exception) -> str:
         group, _, name = e.missing_cfg_file.rpartition("/")
         valid = ", ".join(sorted(e.options))
         return f"unknown {group} '{name}': valid names are {valid} (e.g. {group}={sorted(e.options)[0]})"
-    text = str(e)
+    text = str(e).strip()
     m = re.match(r"Could not override '([^']+)'", text)
     if m and "not in struct" in str(cause):
         key = m.group(1)
         return f"unknown config key '{key}': `gantrain {{cmd}} --cfg job` lists the keys (to add one on purpose: +{key}=VALUE)"
-    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    if cause is not None and str(cause).strip():
-        first += f" ({str(cause).strip().splitlines()[0]})"
-    return f"{first}; overrides are key=value, see `gantrain {{cmd}} --help`"
+    first = text.splitlines()[0] if text else type(e).__name__
+    detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    if detail and detail not in first:
+        first += f" ({detail})"
+    return f"{first}; overrides look like key=value, e.g. epochs=10 (see `gantrain {{cmd}} --help`)"
+
+
+def error_line(e: Exception) -> str | None:
+    """The one line for a user's mistake, or None for a bug (which keeps its traceback)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(e, (HydraException, OmegaConfBaseException)):  # before OSError: some of Hydra's are IOErrors
+        return describe_config_error(e)
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError):
+        return os_error_line(e)
+    return None
 
 
 def strip_command_from_comp_line() -> str | None:
@@ -115,18 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"gantrain {cmd}", *rest]
     try:
         APPS[cmd]()
-    except UserError as e:  # raised while Hydra composes, before a task runs
-        if SHOW_TRACEBACKS:
+    except KeyboardInterrupt:  # a second Ctrl-C during training: the user wants out now
+        print(f"gantrain {cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # raised while Hydra composes the config or makes the run dir, before a task runs
+        line = error_line(e)
+        if SHOW_TRACEBACKS or line is None:
             raise
-        print(f"gantrain {cmd}: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
-        if SHOW_TRACEBACKS or not isinstance(e, (HydraException, OmegaConfBaseException)):
-            raise
-        print(f"gantrain {cmd}: error: " + describe_config_error(e).replace("{cmd}", cmd), file=sys.stderr)
+        print(f"gantrain {cmd}: error: " + line.replace("{cmd}", cmd), file=sys.stderr)
         return 1
     return 0
 

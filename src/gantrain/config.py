@@ -7,10 +7,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from gantrain.errors import UserError
 
-POSITIVE_INTS = ("epochs", "batch_size", "latent_size", "hidden_size", "log_every")
+POSITIVE_INTS = ("epochs", "batch_size", "latent_size", "hidden_size", "log_every", "n_critic")
 NON_NEGATIVE_INTS = ("sample_every", "ckpt_every", "seed")
 # keys a resumed run may change: they alter how the run proceeds or where it reads, not the model it trains
-MUTABLE_ON_RESUME = ("epochs", "device", "log_every", "sample_every", "ckpt_every", "resume",
+MUTABLE_ON_RESUME = ("epochs", "device", "log_every", "sample_every", "ckpt_every", "resume", "on_nan",
                      "trainer", "data.root", "data.download")
 
 
@@ -24,14 +24,18 @@ def check_train_config(cfg: DictConfig) -> None:
         value, low = cfg[key], 1 if key in POSITIVE_INTS else 0
         if not is_int(value) or value < low:
             raise UserError(f"{key} must be an integer >= {low}, got {value!r}; e.g. {key}={EXAMPLES[key]}")
+    if not isinstance(cfg.ema_decay, (int, float)) or isinstance(cfg.ema_decay, bool) or not 0 <= cfg.ema_decay < 1:
+        raise UserError(f"ema_decay must be a number in [0, 1) (0 = off), got {cfg.ema_decay!r}; e.g. ema_decay=0.999")
+    if cfg.on_nan not in ("stop", "skip"):
+        raise UserError(f"on_nan must be stop or skip, got {cfg.on_nan!r}; e.g. on_nan=skip")
     if cfg.trainer.precision not in ("fp32", "bf16"):
-        raise UserError(f"trainer.precision must be fp32 or bf16, got {cfg.trainer.precision!r}")
+        raise UserError(f"trainer.precision must be fp32 or bf16, got {cfg.trainer.precision!r}; e.g. trainer.precision=bf16")
     if not is_int(cfg.trainer.threads) or cfg.trainer.threads < 0:
         raise UserError(f"trainer.threads must be an integer >= 0 (0 = torch's default), got {cfg.trainer.threads!r}")
 
 
 EXAMPLES = {"epochs": 200, "batch_size": 100, "latent_size": 64, "hidden_size": 256,
-            "log_every": 200, "sample_every": 1, "ckpt_every": 1, "seed": 0}
+            "log_every": 200, "sample_every": 1, "ckpt_every": 1, "seed": 0, "n_critic": 1}
 
 
 def pick_device(name: str) -> torch.device:
@@ -40,7 +44,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}; e.g. device=cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

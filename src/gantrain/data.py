@@ -65,7 +65,8 @@ def mnist(root: str, download: bool = False) -> TensorData:
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"MNIST files under {raw} do not match: images {images.shape}, labels {labels.shape}")
+        raise UserError(f"MNIST files under {raw} do not match: images {images.shape}, labels {labels.shape}; "
+                        f"replace them with a matching pair of MNIST files")
     return from_uint8(images, labels)
 
 

@@ -1,44 +1,125 @@
-"""Generator and discriminator networks. Builders take plain keyword arguments, never a config."""
+"""Generator and discriminator networks. Builders take plain keyword arguments, never a config.
+
+Every network takes an optional label tensor y (B,) as its second argument; it is used only when the
+network was built with num_classes > 0 (a conditional GAN), and ignored otherwise.
+Data shapes: images (C, H, W) in [-1, 1]; 2D points (2,) unbounded.
+"""
 import math
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as sn
 
 from gantrain.registry import register
 
 
-class MLPGenerator(nn.Module):
-    """z (B, latent_size) -> x (B, *out_shape) in [-1, 1]: Linear-ReLU-Linear-ReLU-Linear-Tanh."""
+def is_image(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 3
 
-    def __init__(self, latent_size: int, hidden_size: int, out_shape: tuple[int, ...]):
+
+class MLPGenerator(nn.Module):
+    """z (B, latent) [+ label embedding] -> x (B, *out_shape): Linear-ReLU x2 - Linear, then Tanh for images."""
+
+    def __init__(self, latent_size: int, hidden_size: int, out_shape: tuple[int, ...], num_classes: int = 0):
         super().__init__()
         self.out_shape = tuple(out_shape)
+        self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
         self.net = nn.Sequential(
-            nn.Linear(latent_size, hidden_size), nn.ReLU(),
+            nn.Linear(latent_size + num_classes, hidden_size), nn.ReLU(),
             nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-            nn.Linear(hidden_size, math.prod(out_shape)), nn.Tanh(),
+            nn.Linear(hidden_size, math.prod(out_shape)),
+            nn.Tanh() if is_image(out_shape) else nn.Identity(),  # points are not bounded to [-1, 1]
         )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(y)], dim=1)
         return self.net(z).view(z.shape[0], *self.out_shape)
 
 
 class MLPDiscriminator(nn.Module):
-    """x (B, *in_shape) -> logits (B,): Linear-LeakyReLU(0.2) x2 - Linear. No Sigmoid: losses take logits."""
+    """x (B, *in_shape) [+ label embedding] -> logits (B,): Linear-LeakyReLU(0.2) x2 - Linear. No Sigmoid."""
 
-    def __init__(self, in_shape: tuple[int, ...], hidden_size: int):
+    def __init__(self, in_shape: tuple[int, ...], hidden_size: int, num_classes: int = 0):
         super().__init__()
+        self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
         self.net = nn.Sequential(
-            nn.Linear(math.prod(in_shape), hidden_size), nn.LeakyReLU(0.2),
+            nn.Linear(math.prod(in_shape) + num_classes, hidden_size), nn.LeakyReLU(0.2),
             nn.Linear(hidden_size, hidden_size), nn.LeakyReLU(0.2),
             nn.Linear(hidden_size, 1),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1)).squeeze(1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.flatten(1)
+        if self.embed is not None:
+            x = torch.cat([x, self.embed(y)], dim=1)
+        return self.net(x).squeeze(1)
 
 
 @register("model", "mlp")
-def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int) -> tuple[nn.Module, nn.Module]:
-    """The reference MLP pair (G: z-h-h-x with ReLU/Tanh; D: x-h-h-1 with LeakyReLU 0.2)."""
-    return MLPGenerator(latent_size, hidden_size, data_shape), MLPDiscriminator(data_shape, hidden_size)
+def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0):
+    """The reference MLP pair (G: z-h-h-x, ReLU/Tanh; D: x-h-h-1, LeakyReLU 0.2); also for 2D points."""
+    return (MLPGenerator(latent_size, hidden_size, data_shape, num_classes),
+            MLPDiscriminator(data_shape, hidden_size, num_classes))
+
+
+class DCGANGenerator(nn.Module):
+    """z (B, latent) -> (B, C, H, W): Linear to (4c, H/4, W/4), two stride-2 transposed convs with BatchNorm, Tanh."""
+
+    def __init__(self, latent_size: int, channels: int, image_shape: tuple[int, int, int], num_classes: int = 0):
+        super().__init__()
+        c_out, h, w = image_shape
+        self.start = (4 * channels, h // 4, w // 4)
+        self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
+        self.project = nn.Sequential(nn.Linear(latent_size + num_classes, math.prod(self.start), bias=False),
+                                     nn.BatchNorm1d(math.prod(self.start)), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(4 * channels, 2 * channels, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU(),
+            nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, c_out, 3, 1, 1), nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(y)], dim=1)
+        return self.net(self.project(z).view(z.shape[0], *self.start))
+
+
+class DCGANDiscriminator(nn.Module):
+    """(B, C, H, W) -> logits (B,): two stride-2 convs (BatchNorm, or spectral norm on every layer), Linear.
+
+    A conditional D gets the label as one extra input channel (a learned H x W map per class).
+    """
+
+    def __init__(self, channels: int, image_shape: tuple[int, int, int], num_classes: int = 0,
+                 spectral_norm: bool = False):
+        super().__init__()
+        c_in, h, w = image_shape
+        norm = (lambda layer: sn(layer)) if spectral_norm else (lambda layer: layer)
+        self.hw = (h, w)
+        self.embed = nn.Embedding(num_classes, h * w) if num_classes else None
+        self.net = nn.Sequential(
+            norm(nn.Conv2d(c_in + (1 if num_classes else 0), channels, 4, 2, 1)), nn.LeakyReLU(0.2),
+            norm(nn.Conv2d(channels, 2 * channels, 4, 2, 1)),
+            nn.Identity() if spectral_norm else nn.BatchNorm2d(2 * channels), nn.LeakyReLU(0.2),
+            nn.Flatten(), norm(nn.Linear(2 * channels * (h // 4) * (w // 4), 1)),
+        )
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            x = torch.cat([x, self.embed(y).view(-1, 1, *self.hw)], dim=1)
+        return self.net(x).squeeze(1)
+
+
+@register("model", "dcgan")
+def dcgan(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0,
+          spectral_norm: bool = False):
+    """DCGAN: transposed-conv G with BatchNorm, conv D (optional spectral norm); images with H, W divisible by 4."""
+    from gantrain.errors import UserError
+
+    if not is_image(data_shape) or data_shape[1] % 4 or data_shape[2] % 4:
+        raise UserError(f"model=dcgan needs images whose height and width are divisible by 4, got shape "
+                        f"{tuple(data_shape)}; use model=mlp for this data")
+    channels = max(hidden_size // 4, 1)  # hidden_size=256 -> 64 base channels, as in the DCGAN paper
+    return (DCGANGenerator(latent_size, channels, data_shape, num_classes),
+            DCGANDiscriminator(channels, data_shape, num_classes, spectral_norm))

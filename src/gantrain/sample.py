@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gantrain import artifacts
-from gantrain.checkpoint import load_checkpoint
+from gantrain.checkpoint import load_checkpoint, load_weights
 from gantrain.config import is_int, pick_device, user_path
 from gantrain.errors import UserError
 
@@ -17,14 +17,28 @@ FORMATS = ("grid", "png", "npz")
 
 def check_sample_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise UserError("ckpt is required: gantrain sample ckpt=outputs/train/<date>/<time>/checkpoints/last.pt")
-    for key, low in (("n", 1), ("nrow", 1), ("seed", 0), ("interpolate", 0)):
+        raise UserError("ckpt is required: pass the checkpoint, e.g. gantrain sample ckpt=outputs/train/<date>/<time>/checkpoints/last.pt")
+    for key, low, example in (("n", 1, 64), ("nrow", 1, 8), ("seed", 0, 0), ("interpolate", 0, 8)):
         if not is_int(cfg[key]) or cfg[key] < low:
-            raise UserError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
+            raise UserError(f"{key} must be an integer >= {low}, got {cfg[key]!r}; e.g. {key}={example}")
     if cfg.format not in FORMATS:
-        raise UserError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}; e.g. format=grid")
     if str(cfg.ema) not in ("auto", "True", "False"):
-        raise UserError(f"ema must be auto, true or false, got {cfg.ema!r}")
+        raise UserError(f"ema must be auto, true or false, got {cfg.ema!r}; e.g. ema=auto")
+    if cfg.label is not None and (not is_int(cfg.label) or cfg.label < 0):
+        raise UserError(f"label must be a class index >= 0 or null, got {cfg.label!r}; e.g. label=3")
+
+
+def labels_for(ckpt: dict, cfg: DictConfig, n: int) -> torch.Tensor | None:
+    """Class labels for a conditional G: all `label`, or cycling through the classes; None if unconditional."""
+    classes = ckpt.get("num_classes", 0)
+    if not classes:
+        if cfg.label is not None:
+            raise UserError("label= is for conditional models, and this checkpoint's model is unconditional; drop label=")
+        return None
+    if cfg.label is not None and cfg.label >= classes:
+        raise UserError(f"label={cfg.label} but the model knows classes 0..{classes - 1}; use label=0..{classes - 1}")
+    return torch.full((n,), cfg.label) if cfg.label is not None else torch.arange(n) % classes
 
 
 def generator_from_checkpoint(ckpt: dict, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:
@@ -32,15 +46,12 @@ def generator_from_checkpoint(ckpt: dict, use_ema, device: torch.device) -> tupl
     from gantrain.train import build_networks
 
     saved = OmegaConf.create(ckpt["config"])
-    G, _ = build_networks(saved, tuple(ckpt["data_shape"]))
+    G, _ = build_networks(saved, tuple(ckpt["data_shape"]), ckpt.get("num_classes", 0))
     has_ema = ckpt.get("G_ema") is not None
     if use_ema is True and not has_ema:
         raise UserError("ema=true but this checkpoint has no EMA weights (trained with ema_decay off); use ema=auto")
     weights = ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"]
-    try:
-        G.load_state_dict(weights)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit the network its config names ({str(e).splitlines()[0][:100]})") from None
+    load_weights(G, weights)
     return G.to(device).eval(), saved.latent_size
 
 
@@ -81,16 +92,18 @@ def sample(cfg: DictConfig, run_dir: Path) -> None:
         z = slerp(ends[0], ends[1], torch.linspace(0, 1, cfg.nrow)).reshape(-1, latent_size)
     else:
         z = torch.randn(cfg.n, latent_size, generator=gen)
-    with torch.no_grad():
-        x = torch.cat([G(chunk.to(device)).float().cpu() for chunk in z.split(1024)])  # (n, C, H, W) in [-1, 1]
+    y = labels_for(ckpt, cfg, len(z))
+    with torch.no_grad():  # in chunks: n may be large
+        x = torch.cat([G(chunk.to(device), None if y is None else y[j:j + 1024].to(device)).float().cpu()
+                       for j, chunk in zip(range(0, len(z), 1024), z.split(1024))])  # (n, C, H, W) or (n, 2)
 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.format == "npz" and cfg.interpolate == 0:
-        np.savez(files[0], samples=x.numpy())
+        np.savez(files[0], samples=x.numpy(), **({} if y is None else {"labels": y.numpy()}))
     elif cfg.format == "png" and cfg.interpolate == 0:
-        for image, path in zip(x, files):
-            artifacts.save_grid(image[None], path, nrow=1)
+        for one, path in zip(x, files):
+            artifacts.save_examples(one[None], path, nrow=1)
     else:
-        artifacts.save_grid(x, files[0], nrow=cfg.nrow)
+        artifacts.save_examples(x, files[0], nrow=cfg.nrow)
     where = files[0] if len(files) == 1 else f"{out}/sample_*.png ({len(files)} files)"
     log.info(f"wrote {len(x)} samples from {user_path(cfg.ckpt)} (epoch {ckpt['epoch']}, step {ckpt['step']}) to {where}")

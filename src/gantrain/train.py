@@ -1,7 +1,10 @@
 """gantrain train: build the pieces the config names, then run the GAN loop."""
+import copy
 import logging
-import math
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gantrain import artifacts
-from gantrain.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gantrain.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from gantrain.config import check_train_config, config_for_resume, kwargs_of, pick_device, user_path
 from gantrain.data import TensorData, load_data
 from gantrain.errors import UserError
@@ -17,7 +20,7 @@ from gantrain.registry import lookup
 
 log = logging.getLogger("gantrain")
 STATS = ("d_loss", "g_loss", "d_x", "d_g_z")  # what a step returns, in this order
-N_FIXED = 64  # size of the fixed latent batch behind samples/epoch_NNNN.png
+N_FIXED = {"image": 64, "points": 2500}  # size of the fixed latent batch behind samples/epoch_NNNN.png
 
 
 def has_batch_statistics(net: torch.nn.Module) -> bool:
@@ -25,49 +28,73 @@ def has_batch_statistics(net: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def make_step(G, D, loss, opt_g, opt_d, precision: str = "fp32", joint_d_pass: bool = False):
-    """One GAN step as a closure: step(real (B,...), z_d (B,L), z_g (B,L)) -> stats (4,) on the device.
+def make_step(G, D, loss, opt_g, opt_d, *, n_critic: int = 1, precision: str = "fp32", joint_d_pass: bool = False,
+              skip_nonfinite: bool = False, G_ema=None, ema_decay: float = 0.0):
+    """One GAN step as a closure: step(real, z, y_real=None, y_fake=None) -> stats (4,) on the device.
 
-    joint_d_pass runs D once over [real; fake] (one matrix product of 2B rows instead of two of B):
-    the same maths, summed in another order, so weights differ from two passes by float rounding only.
+    real (n_critic, B, ...) and y_real (n_critic, B) feed the n_critic D updates; z (n_critic + 1, B, latent)
+    and y_fake (n_critic + 1, B) their fakes and the G update. joint_d_pass runs D once over [real; fake]:
+    the same maths summed in another order (weights differ from two passes by float rounding only).
+    skip_nonfinite skips an update whose loss is NaN or Inf (one host sync per update) and counts it in
+    step.skipped.
     """
     device_type = next(G.parameters()).device.type
-    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    # no cast cache: a CUDA graph capture cannot hold one, and these nets reuse no weight within a pass
+    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                                      cache_enabled=False)
     joint_d_pass = joint_d_pass and not has_batch_statistics(D)
+    label = lambda y, k: None if y is None else y[k]
 
-    def step(real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor) -> torch.Tensor:
-        # ---------------------------------------------------------------- #
-        # (1) update D: push D(x) up and D(G(z)) down. G is held fixed, so
-        #     its forward pass builds no graph and D's backward stops at fake.
-        # ---------------------------------------------------------------- #
-        with torch.no_grad(), autocast():
-            fake = G(z_d)
-        with autocast():
-            if joint_d_pass:
-                real_logits, fake_logits = D(torch.cat([real, fake.to(real.dtype)])).chunk(2)  # (B,), (B,)
-            else:
-                real_logits, fake_logits = D(real), D(fake)  # (B,), (B,)
-            d_loss = loss.d_loss(real_logits.float(), fake_logits.float())
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+    def update(opt, loss_value) -> None:
+        if skip_nonfinite and not torch.isfinite(loss_value):
+            step.skipped += 1
+            return
+        opt.step()
+
+    def step(real, z, y_real=None, y_fake=None):
+        for k in range(n_critic):
+            # ---------------------------------------------------------------- #
+            # (1) update D: push D(x) up and D(G(z)) down. G is held fixed, so
+            #     its forward pass builds no graph and D's backward stops at fake.
+            # ---------------------------------------------------------------- #
+            x, y, y_f = real[k], label(y_real, k), label(y_fake, k)  # (B, ...), (B,), (B,)
+            with torch.no_grad(), autocast():
+                fake = G(z[k], y_f)
+            with autocast():
+                if joint_d_pass:
+                    both_y = None if y is None else torch.cat([y, y_f])
+                    real_logits, fake_logits = D(torch.cat([x, fake.to(x.dtype)]), both_y).float().chunk(2)
+                else:
+                    real_logits, fake_logits = D(x, y).float(), D(fake, y_f).float()  # (B,), (B,)
+                d_loss = loss.d_loss(real_logits, fake_logits)
+                penalty = loss.penalty(D, x, fake, y, y_f)
+            opt_d.zero_grad(set_to_none=True)
+            (d_loss if penalty is None else d_loss + penalty).backward()
+            update(opt_d, d_loss)
 
         # ---------------------------------------------------------------- #
-        # (2) update G on fresh noise with the non-saturating loss. D's
-        #     weights are frozen so backward computes no gradients for them.
+        # (2) update G on fresh noise. D's weights are frozen so backward
+        #     computes no gradients for them.
         # ---------------------------------------------------------------- #
         D.requires_grad_(False)
+        y_g = label(y_fake, n_critic)
         with autocast():
-            g_loss = loss.g_loss(D(G(z_g)).float())
+            g_loss = loss.g_loss(D(G(z[n_critic], y_g), y_g).float())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
-        opt_g.step()
+        update(opt_g, g_loss)
         D.requires_grad_(True)
+        if G_ema is not None:  # ema <- decay * ema + (1 - decay) * G, buffers (BatchNorm statistics) copied
+            with torch.no_grad():
+                torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - ema_decay)
+                for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+                    b_ema.copy_(b)
 
-        # D(x) and D(G(z)) as probabilities, measured in the D step (before its update), as the reference logs
-        return torch.stack([d_loss, g_loss, real_logits.detach().float().sigmoid().mean(),
-                            fake_logits.detach().float().sigmoid().mean()]).detach()
+        # D(x) and D(G(z)) as probabilities, from the last D update (before it), as the reference logs them
+        return torch.stack([d_loss.detach(), g_loss.detach(), real_logits.detach().sigmoid().mean(),
+                            fake_logits.detach().sigmoid().mean()])
 
+    step.skipped = 0
     return step
 
 
@@ -77,36 +104,52 @@ class Parts:
 
     G: torch.nn.Module
     D: torch.nn.Module
+    G_ema: torch.nn.Module | None  # exponential moving average of G's weights, when ema_decay > 0
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     step: object  # the closure from make_step
     data: TensorData
+    num_classes: int  # > 0 for a conditional GAN
     gen: torch.Generator  # data order and noise
     device: torch.device
 
 
-def build_networks(cfg, data_shape) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_networks(cfg, data_shape, num_classes: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
     """G and D from the model registry, with sizes from the top level of the config."""
     builder = lookup("model", cfg.model.name)
+    kwargs = kwargs_of(cfg.model)
+    kwargs.pop("conditional", None)  # decided by the caller, who knows the data's classes
     try:
-        return builder(data_shape=data_shape, latent_size=cfg.latent_size, hidden_size=cfg.hidden_size,
-                       **kwargs_of(cfg.model))
+        return builder(data_shape=tuple(data_shape), latent_size=cfg.latent_size, hidden_size=cfg.hidden_size,
+                       num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise UserError(f"model '{cfg.model.name}' got a bad option ({e}); see conf/model/{cfg.model.name}.yaml") from None
 
 
 FUSED_OPTIMIZERS = ("adam", "adamw", "sgd")  # torch has one-kernel (fused) versions of these on CPU and CUDA
+CAPTURABLE_OPTIMIZERS = ("adam", "adamw")  # keep their step count on the device, so a CUDA graph can replay them
 
 
-def build_optimizer(cfg_optim, module: torch.nn.Module, fast: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(cfg_optim, module: torch.nn.Module, fast: bool = False, capturable: bool = False):
     """The optimizer named in the config over `module`'s parameters; its keys go to torch (fused when fast)."""
     kwargs = kwargs_of(cfg_optim)
     if fast and cfg_optim.name in FUSED_OPTIMIZERS:
         kwargs.setdefault("fused", True)
+    if capturable:
+        kwargs.setdefault("capturable", True)
     try:
         return lookup("optim", cfg_optim.name)(module.parameters(), **kwargs)
     except (TypeError, ValueError) as e:
-        raise UserError(f"optim '{cfg_optim.name}' rejected its options: {e}; check the optim.* overrides") from None
+        raise UserError(f"optim '{cfg_optim.name}' rejected its options: {e}; drop or fix that optim.* override") from None
+
+
+def classes_of(cfg, data: TensorData) -> int:
+    """How many classes a conditional model sees (0 when unconditional)."""
+    if not cfg.model.get("conditional", False):
+        return 0
+    if data.y is None:
+        raise UserError(f"model.conditional=true needs a labelled data set, and {cfg.data.name} has no labels")
+    return int(data.y.max()) + 1
 
 
 def build_parts(cfg: DictConfig) -> Parts:
@@ -118,102 +161,188 @@ def build_parts(cfg: DictConfig) -> Parts:
     torch.manual_seed(cfg.seed)  # initial weights
 
     data = load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",))).to(device)
-    if cfg.batch_size > len(data):
-        raise UserError(f"batch_size={cfg.batch_size} is larger than the data set ({len(data)} examples); "
-                        f"use batch_size<={len(data)}")
-    G, D = (net.to(device) for net in build_networks(cfg, data.shape))
+    if cfg.batch_size * cfg.n_critic > len(data):
+        raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
+                        f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
+    num_classes = classes_of(cfg, data)
+    G, D = (net.to(device) for net in build_networks(cfg, data.shape, num_classes))
+    G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
     loss = lookup("loss", cfg.loss.name)(**kwargs_of(cfg.loss))
-    fast = cfg.trainer.fast
-    opt_g, opt_d = build_optimizer(cfg.optim, G, fast), build_optimizer(cfg.optim, D, fast)
+    skip = cfg.on_nan == "skip"
+    graph = (cfg.trainer.cuda_graph and device.type == "cuda" and not skip
+             and cfg.optim.name in CAPTURABLE_OPTIMIZERS)
+    opt_g, opt_d = (build_optimizer(cfg.optim, net, cfg.trainer.fast, capturable=graph) for net in (G, D))
+    step = make_step(G, D, loss, opt_g, opt_d, n_critic=cfg.n_critic, precision=cfg.trainer.precision,
+                     joint_d_pass=cfg.trainer.fast, skip_nonfinite=skip, G_ema=G_ema, ema_decay=cfg.ema_decay)
+    if graph:
+        from gantrain.cuda_graph import graphed
+
+        step = graphed(step)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    step = make_step(G, D, loss, opt_g, opt_d, cfg.trainer.precision, joint_d_pass=fast)
-    return Parts(G, D, opt_g, opt_d, step, data, gen, device)
+    return Parts(G, D, G_ema, opt_g, opt_d, step, data, num_classes, gen, device)
 
 
-def batches(data: TensorData, batch_size: int, latent_size: int, gen: torch.Generator):
-    """One epoch from a fresh permutation: yields (i, real (B, C, H, W), z (2, B, latent)); drops a last partial batch."""
-    order = torch.randperm(len(data), generator=gen, device=data.x.device)
-    for i in range(len(data) // batch_size):
-        real = data.x[order[i * batch_size:(i + 1) * batch_size]]
-        yield i, real, torch.randn(2, batch_size, latent_size, generator=gen, device=data.x.device)
+def epoch_order(data: TensorData, gen: torch.Generator) -> torch.Tensor:
+    """A fresh permutation of the data set for one epoch."""
+    return torch.randperm(len(data), generator=gen, device=data.x.device)
+
+
+def batches(data: TensorData, order: torch.Tensor, batch_size: int, latent_size: int, n_critic: int,
+            num_classes: int, gen: torch.Generator, start: int = 0):
+    """One epoch: yields (i, inputs of one step) for steps start.. of it; a last partial batch is dropped.
+
+    inputs = (real (n_critic, B, ...), z (n_critic + 1, B, latent)), plus for a conditional GAN
+    (y_real (n_critic, B), y_fake (n_critic + 1, B)) with fake labels drawn uniformly.
+    """
+    per_step, device = batch_size * n_critic, data.x.device
+    for i in range(start, len(data) // per_step):
+        idx = order[i * per_step:(i + 1) * per_step].view(n_critic, batch_size)
+        z = torch.randn(n_critic + 1, batch_size, latent_size, generator=gen, device=device)
+        if num_classes:
+            y_fake = torch.randint(num_classes, (n_critic + 1, batch_size), generator=gen, device=device)
+            yield i, (data.x[idx], z, data.y[idx], y_fake)
+        else:
+            yield i, (data.x[idx], z)
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
     """Build everything `cfg` names (resuming from cfg.resume if set), then train; artifacts go to `run_dir`."""
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        raise UserError(f"{run_dir} already holds a run's checkpoint; wait a second (run dirs are named by the "
+                        f"time) or choose another hydra.run.dir")
     ckpt = None
     if cfg.resume:
         ckpt = load_checkpoint(user_path(cfg.resume))
         cfg = config_for_resume(ckpt, cfg, overrides)
     parts = build_parts(cfg)
-    start_epoch, step = 0, 0
+    where = Where(0, 0, 0, None)
     if ckpt is not None:
-        start_epoch, step = restore(parts, ckpt)
-        log.info(f"resumed from {user_path(cfg.resume)} at epoch {start_epoch}, step {step}")
-    return fit(cfg, parts, run_dir, start_epoch, step)
+        where = restore(parts, ckpt)
+        log.info(f"resumed from {user_path(cfg.resume)} at epoch {where.epoch}, step {where.step}"
+                 + (f" ({where.position} steps into epoch {where.epoch + 1})" if where.position else ""))
+    return fit(cfg, parts, run_dir, where)
 
 
-def restore(parts: Parts, ckpt: dict) -> tuple[int, int]:
-    """Load weights, optimizer and RNG states from a checkpoint; returns (epoch, global step)."""
-    try:
-        parts.G.load_state_dict(ckpt["G"])
-        parts.D.load_state_dict(ckpt["D"])
-        parts.opt_g.load_state_dict(ckpt["opt_g"])
-        parts.opt_d.load_state_dict(ckpt["opt_d"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"checkpoint does not match the networks it names ({str(e).splitlines()[0][:120]}); "
-                        f"it may be corrupt or from another gantrain version") from None
+@dataclass
+class Where:
+    """A position in training: completed epochs, global step, steps done in the current epoch and its order."""
+
+    epoch: int
+    step: int
+    position: int
+    order: torch.Tensor | None  # the current epoch's permutation when position > 0
+
+
+def restore(parts: Parts, ckpt: dict) -> Where:
+    """Load weights, optimizer and RNG states from a checkpoint; returns where training stood."""
+    for net, key in ((parts.G, "G"), (parts.D, "D"), (parts.opt_g, "opt_g"), (parts.opt_d, "opt_d")):
+        load_weights(net, ckpt[key])
+    if parts.G_ema is not None:  # ema_decay switched on at resume: the average starts from G
+        load_weights(parts.G_ema, ckpt["G_ema"] if ckpt.get("G_ema") is not None else ckpt["G"])
     set_rng_state(parts.gen, ckpt["rng"])
-    return ckpt["epoch"], ckpt["step"]
+    order = ckpt.get("order")
+    return Where(ckpt["epoch"], ckpt["step"], ckpt.get("position", 0), None if order is None else order.to(parts.device))
 
 
-def checkpoint_state(cfg, parts: Parts, epoch: int, step: int) -> dict:
+def checkpoint_state(cfg, parts: Parts, where: Where) -> dict:
     """What a checkpoint holds: tensors and plain values only (see checkpoint.py)."""
     return {
         "config": OmegaConf.to_container(cfg, resolve=True), "data_shape": list(parts.data.shape),
-        "epoch": epoch, "step": step,
+        "num_classes": parts.num_classes, "epoch": where.epoch, "step": where.step,
+        "position": where.position, "order": None if where.order is None else where.order.cpu(),
         "G": parts.G.state_dict(), "D": parts.D.state_dict(),
+        "G_ema": None if parts.G_ema is None else parts.G_ema.state_dict(),
         "opt_g": parts.opt_g.state_dict(), "opt_d": parts.opt_d.state_dict(),
         "rng": rng_state(parts.gen),
     }
 
 
-def log_stats(epoch: int, epochs: int, i: int, steps_per_epoch: int, step: int, stats: torch.Tensor, csv) -> None:
-    """The reference's log line, with the same values as a row of metrics.csv. The one host sync of a step."""
+@contextmanager
+def deferred_signals():
+    """SIGINT and SIGTERM are noted, for the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield caught
+        return
+
+    def note(signum, frame):
+        if caught and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def check_finite(history: torch.Tensor, first_step: int, last_ckpt: str) -> None:
+    """Stop at the first step whose d_loss or g_loss is NaN or Inf (history: (steps, 4) from first_step)."""
+    bad = ~torch.isfinite(history[:, :2]).all(dim=1)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        d_loss, g_loss = history[i, :2].tolist()
+        raise UserError(f"loss became non-finite at step {first_step + i} (d_loss {d_loss}, g_loss {g_loss}); "
+                        f"last good checkpoint: {last_ckpt}. Resume from it with a lower optim.lr, or set on_nan=skip")
+
+
+def log_stats(where: Where, cfg, steps_per_epoch: int, stats: torch.Tensor, csv, skipped: int) -> None:
+    """The reference's log line, with the same values as a row of metrics.csv. A host sync, once per log_every."""
     d_loss, g_loss, d_x, d_g_z = stats.tolist()
-    log.info(f"Epoch[{epoch + 1}/{epochs}] Step[{i + 1}/{steps_per_epoch}] d_loss {d_loss:.4f} g_loss {g_loss:.4f} "
-             f"D(x) {d_x:.2f} D(G(z)) {d_g_z:.2f}")
-    csv.write(f"{epoch + 1},{i + 1},{step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
-    csv.flush()
-    if not all(math.isfinite(v) for v in (d_loss, g_loss)):
-        raise UserError(f"loss is not finite at step {step} (d_loss {d_loss}, g_loss {g_loss}); "
-                        f"lower optim.lr or resume from the last checkpoint")
+    note = f" (skipped {skipped} non-finite updates)" if skipped else ""
+    log.info(f"Epoch[{where.epoch + 1}/{cfg.epochs}] Step[{where.position}/{steps_per_epoch}] d_loss {d_loss:.4f} "
+             f"g_loss {g_loss:.4f} D(x) {d_x:.2f} D(G(z)) {d_g_z:.2f}{note}")
+    csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
 
 
-def fit(cfg, parts: Parts, run_dir: Path, start_epoch: int, step: int) -> float | None:
-    """The training loop: epochs of index-sliced batches, logging, samples and checkpoints."""
+def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
+    """The training loop: epochs of index-sliced batches, logging, samples, checkpoints, stop on signals."""
     from tqdm import tqdm
 
-    data, device, B = parts.data, parts.device, cfg.batch_size
-    steps_per_epoch = len(data) // B  # the last partial batch is dropped, as DataLoader(drop_last=True)
-    fixed_z = torch.randn(N_FIXED, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    data, device = parts.data, parts.device
+    steps_per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)  # a last partial batch is dropped
+    n_fixed = N_FIXED["points" if data.x.dim() == 2 else "image"]
+    fixed_z = torch.randn(n_fixed, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    fixed_y = torch.arange(n_fixed, device=device) % parts.num_classes if parts.num_classes else None  # class per column
+    real_points = data.x[:n_fixed] if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
+    ckpt_path, last_ckpt = run_dir / "checkpoints" / "last.pt", str(user_path(cfg.resume)) if cfg.resume else "none yet"
     artifacts.save_real_images(data, run_dir / "real_images.png")
     csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
+    history = torch.zeros(steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
     log.info(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, "
-             f"{steps_per_epoch} steps/epoch) on {device}, epochs {start_epoch + 1}..{cfg.epochs}; run dir {run_dir}")
-    for epoch in range(start_epoch, cfg.epochs):
-        bar = tqdm(batches(data, B, cfg.latent_size, parts.gen), total=steps_per_epoch, leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not sys.stderr.isatty(), file=sys.stderr)
-        for i, real, z in bar:
-            stats = parts.step(real, z[0], z[1])
-            step += 1
-            if step % cfg.log_every == 0:
-                log_stats(epoch, cfg.epochs, i, steps_per_epoch, step, stats, csv)
-        last = epoch + 1 == cfg.epochs
-        if last or (cfg.sample_every > 0 and (epoch + 1) % cfg.sample_every == 0):
-            artifacts.save_samples(parts.G, fixed_z, run_dir / "samples" / f"epoch_{epoch + 1:04d}.png")
-        if last or (cfg.ckpt_every > 0 and (epoch + 1) % cfg.ckpt_every == 0):
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", checkpoint_state(cfg, parts, epoch + 1, step))
-    csv.close()
+             f"{steps_per_epoch} steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {run_dir}")
+    with deferred_signals() as caught, csv:
+        while where.epoch < cfg.epochs:
+            where.order = epoch_order(data, parts.gen) if where.order is None else where.order
+            steps = batches(data, where.order, cfg.batch_size, cfg.latent_size, cfg.n_critic, parts.num_classes,
+                            parts.gen, where.position)
+            for i, inputs in tqdm(steps, initial=where.position, total=steps_per_epoch, leave=False,
+                                  desc=f"epoch {where.epoch + 1}/{cfg.epochs}", disable=not sys.stderr.isatty()):
+                history[i] = parts.step(*inputs)
+                where.step, where.position = where.step + 1, i + 1
+                if where.step % cfg.log_every == 0 or caught:
+                    if cfg.on_nan == "stop":
+                        check_finite(history[:i + 1], where.step - i, last_ckpt)
+                    if where.step % cfg.log_every == 0:
+                        log_stats(where, cfg, steps_per_epoch, history[i], csv, parts.step.skipped)
+                if caught:  # a mid-epoch checkpoint that resumes exactly: it holds this epoch's order and position
+                    save_checkpoint(ckpt_path, checkpoint_state(cfg, parts, where))
+                    name = signal.Signals(caught[0]).name
+                    log.info(f"{name}: stopped at epoch {where.epoch + 1}, step {where.step}; saved {ckpt_path}\n"
+                             f"resume with: gantrain train resume={ckpt_path}")
+                    raise SystemExit(128 + caught[0])
+            if cfg.on_nan == "stop":
+                check_finite(history, where.step - steps_per_epoch + 1, last_ckpt)  # before anything is saved
+            where.epoch, where.position, where.order = where.epoch + 1, 0, None
+            last = where.epoch == cfg.epochs
+            if last or (cfg.sample_every > 0 and where.epoch % cfg.sample_every == 0):
+                artifacts.save_samples(parts.G_ema or parts.G, fixed_z, fixed_y,
+                                       run_dir / "samples" / f"epoch_{where.epoch:04d}.png", real_points)
+            if last or (cfg.ckpt_every > 0 and where.epoch % cfg.ckpt_every == 0):
+                save_checkpoint(ckpt_path, checkpoint_state(cfg, parts, where))
+                last_ckpt = f"{ckpt_path} (epoch {where.epoch})"
     artifacts.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
-    log.info(f"done: {step} steps; checkpoint, samples and curves in {run_dir}")
+    log.info(f"done: {where.step} steps; checkpoint, samples and curves in {run_dir}")
     return None

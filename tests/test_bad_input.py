@@ -1,0 +1,187 @@
+"""The catalogue of bad input, through the real CLI. Every case must give a non-zero exit, at most three
+lines that name the problem and the fix, no traceback, and leave every file already on disk as it was."""
+import copy
+import hashlib
+import os
+import pickle
+
+import pytest
+import torch
+
+from conftest import run_cli, write_mnist
+from gantrain.checkpoint import load_checkpoint, save_checkpoint
+from gantrain.train import train
+
+
+class Evil:
+    """Unpickling this runs code that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_the_evil_pickle_really_runs_code_when_unpickled_unsafely(tmp_path):
+    """Guards the malicious-checkpoint cases: the payload does create its marker under plain pickle."""
+    pickle.loads(pickle.dumps(Evil(tmp_path / "PWNED")))
+    assert (tmp_path / "PWNED").exists()
+
+
+@pytest.fixture(scope="module")
+def good_ckpt(base_cfg, tmp_path_factory):
+    cfg = copy.deepcopy(base_cfg)
+    cfg.epochs = 1
+    run_dir = tmp_path_factory.mktemp("good")
+    train(cfg, run_dir, [])
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def make_checkpoint(kind: str, folder, good):
+    """A bad checkpoint of the given kind in `folder`."""
+    path = folder / f"{kind}.pt"
+    ckpt = load_checkpoint(good)
+    if kind == "missing":
+        return folder / "nope.pt"
+    if kind == "directory":
+        (folder / "a_dir").mkdir()
+        return folder / "a_dir"
+    if kind == "text":
+        path.write_text("hello")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "foreign":
+        torch.save({"state_dict": ckpt["G"], "epoch": 3}, path)
+    elif kind == "future":
+        torch.save({**ckpt, "version": 99}, path)
+    elif kind == "malicious":
+        torch.save({"format": "gantrain-checkpoint", "version": 1, "G": Evil(folder / "PWNED")}, path)
+    elif kind == "malicious_pickle":
+        path.write_bytes(pickle.dumps(Evil(folder / "PWNED"), protocol=2))
+    elif kind == "mismatched_weights":  # its config says hidden_size=64, its weights are 32 wide
+        ckpt["config"]["hidden_size"] = 64
+        save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    return path
+
+
+CHECKPOINTS = {
+    "missing": "checkpoint not found", "directory": "is a directory, not a checkpoint",
+    "text": "is not a checkpoint", "truncated": "truncated or corrupt",
+    "foreign": "not a gantrain checkpoint", "future": "format version 99",
+    "malicious": "gantrain never unpickles", "malicious_pickle": "gantrain never unpickles",
+    "mismatched_weights": "does not match the networks it names",
+}
+
+
+def snapshot(folder) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def assert_one_clear_failure(result, expected: str, before: dict, folder):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    assert expected in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 3, result.stderr
+    assert any(word in result.stderr for word in ("e.g.", "use ", "pass ", "set ", "raise", "drop", "valid",
+                                                  "replace", "upgrade", "only load", "lists", "choose")), result.stderr
+    for path, digest in before.items():  # nothing already on disk is lost or changed
+        assert path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
+    assert not list(folder.rglob("PWNED"))  # and no pickle ever ran
+
+
+TRAIN_CASES = {
+    "unknown model": (["model=nope"], "unknown model 'nope': valid names are dcgan, mlp"),
+    "unknown loss": (["loss=nope"], "unknown loss 'nope': valid names are bce,"),
+    "unknown optim": (["optim=nope"], "unknown optim 'nope': valid names are adam, adamw, rmsprop, sgd"),
+    "unknown data": (["data=nope"], "unknown data 'nope': valid names are"),
+    "unknown experiment": (["experiment=nope"], "unknown experiment 'nope'"),
+    "unknown key": (["no_such_key=1"], "unknown config key 'no_such_key'"),
+    "unknown group key": (["optim.no_such=1"], "unknown config key 'optim.no_such'"),
+    "bad optimizer option": (["+optim.no_such=1"], "optim 'adam' rejected its options"),
+    "epochs not a number": (["epochs=abc"], "epochs must be an integer >= 1, got 'abc'"),
+    "batch_size a float": (["batch_size=1.5"], "batch_size must be an integer >= 1, got 1.5"),
+    "seed not a number": (["seed=abc"], "seed must be an integer >= 0"),
+    "ema_decay not a number": (["ema_decay=abc"], "ema_decay must be a number in [0, 1)"),
+    "on_nan unknown": (["on_nan=maybe"], "on_nan must be stop or skip"),
+    "device unknown": (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
+    "zero epochs": (["epochs=0"], "epochs must be an integer >= 1, got 0"),
+    "zero batch": (["batch_size=0"], "batch_size must be an integer >= 1"),
+    "zero latent": (["latent_size=0"], "latent_size must be an integer >= 1"),
+    "negative hidden": (["hidden_size=-1"], "hidden_size must be an integer >= 1"),
+    "zero log_every": (["log_every=0"], "log_every must be an integer >= 1"),
+    "batch larger than data": (["batch_size=100000"], "batch_size=100000 (x n_critic=1) is larger than the data set (5000"),
+    "bad override syntax": (["epochs=[1,"], "overrides look like key=value"),
+    "unwritable run dir": (["hydra.run.dir=existing.txt/run"], "file system error on"),
+}
+if not torch.cuda.is_available():
+    TRAIN_CASES["cuda without a gpu"] = (["device=cuda"], "device=cuda but torch sees no CUDA GPU")
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_train_bad_options(tmp_path, case):
+    args, expected = TRAIN_CASES[case]
+    (tmp_path / "existing.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    assert_one_clear_failure(run_cli("train", "epochs=1", "device=cpu", *args, cwd=tmp_path), expected, before, tmp_path)
+
+
+def write_data(kind: str, root):
+    raw = root / "MNIST" / "raw"
+    if kind == "empty":
+        raw.mkdir(parents=True)
+        (raw / "train-images-idx3-ubyte").write_bytes(b"")
+        (raw / "train-labels-idx1-ubyte").write_bytes(b"")
+    elif kind == "corrupt":
+        write_mnist(root, n=50)
+        (raw / "train-images-idx3-ubyte").write_bytes(os.urandom(3000))
+    elif kind == "truncated":
+        write_mnist(root, n=50)
+        images = raw / "train-images-idx3-ubyte"
+        images.write_bytes(images.read_bytes()[:5000])
+    elif kind == "mismatched":
+        write_mnist(root, n=50)
+        write_mnist(root / "other", n=40)
+        os.replace(root / "other" / "MNIST" / "raw" / "train-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
+
+
+DATA_CASES = {"missing": "MNIST not found", "empty": "not an IDX file", "corrupt": "not an IDX file",
+              "truncated": "truncated or corrupt", "mismatched": "do not match"}
+
+
+@pytest.mark.parametrize("kind", sorted(DATA_CASES))
+def test_train_bad_data(tmp_path, kind):
+    write_data(kind, tmp_path / "data")
+    before = snapshot(tmp_path)
+    result = run_cli("train", "data=mnist", "data.root=data", "epochs=1", "device=cpu", cwd=tmp_path)
+    assert_one_clear_failure(result, DATA_CASES[kind], before, tmp_path)
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+@pytest.mark.parametrize("kind", sorted(CHECKPOINTS))
+def test_bad_checkpoints(tmp_path, good_ckpt, mnist_root, command, kind):
+    path = make_checkpoint(kind, tmp_path, good_ckpt)
+    before = snapshot(tmp_path)
+    args = ["resume=" + str(path), "epochs=5"] if command == "train" else ["ckpt=" + str(path)]
+    result = run_cli(command, *args, cwd=tmp_path)
+    assert_one_clear_failure(result, CHECKPOINTS[kind], before, tmp_path)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("hidden_size=64", "trained with hidden_size=32, cannot continue with hidden_size=64"),
+    ("model=dcgan", "trained with model=mlp, cannot continue with model=dcgan"),
+    ("loss=hinge", "trained with loss=bce, cannot continue with loss=hinge"),
+    ("epochs=1", "already trained 1 of epochs=1"),
+])
+def test_resume_refuses_a_different_network(tmp_path, good_ckpt, override, expected):
+    before = snapshot(good_ckpt.parent)
+    result = run_cli("train", f"resume={good_ckpt}", "epochs=3", override, cwd=tmp_path)
+    assert_one_clear_failure(result, expected, before, good_ckpt.parent)
+
+
+def test_sample_bad_options(tmp_path, good_ckpt):
+    for args, expected in ((["n=0"], "n must be an integer >= 1"), (["format=gif"], "format must be one of"),
+                           ([], "ckpt is required"), (["label=3"], "label= is for conditional models")):
+        ckpt = [f"ckpt={good_ckpt}"] if args else []
+        assert_one_clear_failure(run_cli("sample", *ckpt, *args, cwd=tmp_path), expected, {}, tmp_path)
