@@ -81,6 +81,8 @@ def config_for_resume(ckpt: dict, cfg: DictConfig, overrides: list[str]) -> Dict
     saved = OmegaConf.create(ckpt["config"])
     for key in override_keys(overrides):
         new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if isinstance(new, DictConfig) and isinstance(old, DictConfig):  # a group (data=mnist): compare the choice
+            new, old = new.get("name"), old.get("name")
         if any(key == m or key.startswith(m + ".") for m in MUTABLE_ON_RESUME):
             OmegaConf.update(saved, key, new, force_add=True)
         elif new != old:

@@ -1,0 +1,172 @@
+"""Faults: signals, kill -9, NaN losses and a full disk must cost at most the last checkpoint interval."""
+import errno
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from conftest import write_mnist
+from gantrain import checkpoint
+from gantrain.checkpoint import load_checkpoint
+from gantrain.errors import UserError
+from gantrain.losses import BCELoss
+from gantrain.registry import REGISTRIES
+from gantrain.train import train
+
+# long enough epochs to be interrupted in the middle: 2,400 images, batch 10 -> 240 steps per epoch
+SLOW = ["device=cpu", "batch_size=10", "latent_size=32", "hidden_size=256", "trainer.threads=1", "log_every=20",
+        "epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def slow_root(tmp_path_factory):
+    return write_mnist(tmp_path_factory.mktemp("slow"), n=2400)
+
+
+@pytest.fixture(scope="module")
+def straight(slow_root, tmp_path_factory):
+    """The weights of an uninterrupted run, through the same CLI."""
+    cwd = tmp_path_factory.mktemp("straight")
+    done = cli(cwd, "hydra.run.dir=run", f"data.root={slow_root}")
+    assert done.returncode == 0, done.stderr
+    return load_checkpoint(cwd / "run" / "checkpoints" / "last.pt")
+
+
+def cli(cwd, *args, wait=True):
+    cmd = [sys.executable, "-m", "gantrain", "train", *SLOW, "data=mnist", *args]
+    if wait:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_weights(a, b):
+    for net in ("G", "D"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_mid_epoch_and_resume_is_exact(tmp_path, slow_root, straight, sig):
+    proc = cli(tmp_path, "hydra.run.dir=first", f"data.root={slow_root}", wait=False)
+    for line in proc.stdout:  # wait until training is well under way, then signal
+        if "Epoch[2/3] Step[20/240]" in line:
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    ckpt_path = tmp_path / "first" / "checkpoints" / "last.pt"
+    assert f"resume with: gantrain train resume={ckpt_path}" in out
+    assert "Traceback" not in err
+    mid = load_checkpoint(ckpt_path)
+    assert mid["epoch"] == 1 and 20 <= mid["position"] < 240 and mid["order"].shape == (2400,)
+
+    resumed = cli(tmp_path, "hydra.run.dir=second", f"resume={ckpt_path}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({mid['position']} steps into epoch 2)" in resumed.stdout
+    final = load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")
+    assert final["step"] == straight["step"] == 720
+    assert_same_weights(final, straight)
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """Short epochs (600 images, batch 10: 60 steps, a checkpoint after each) so kills land all over a run."""
+    root = write_mnist(tmp_path / "data", n=600)
+    args = [f"data.root={root}", "epochs=4", "log_every=10"]
+    done = cli(tmp_path, "hydra.run.dir=straight", *args)
+    assert done.returncode == 0, done.stderr
+    rng = random.Random(1234)
+    latest, kinds = None, []  # the newest complete checkpoint on disk; where each kill landed
+    for attempt in range(5):
+        resume = [f"resume={latest}"] if latest else []
+        proc = cli(tmp_path, f"hydra.run.dir=run{attempt}", *args, *resume, wait=False)
+        lines = rng.randint(0, 9)  # 0: kill during start-up; else after that many log lines (10 steps each)
+        if lines == 0:
+            time.sleep(rng.uniform(0.5, 2.0))
+        for line in proc.stdout if lines else ():
+            lines -= line.startswith("Epoch[")
+            if lines == 0:
+                break
+        time.sleep(rng.uniform(0, 0.05))  # land anywhere: inside a step, a sample grid or a checkpoint write
+        proc.kill()
+        proc.communicate()
+        kinds.append(proc.returncode)
+        for path in tmp_path.glob("run*/checkpoints/last.pt"):  # every last.pt on disk loads: none half-written
+            step = load_checkpoint(path)["step"]
+            if latest is None or step > load_checkpoint(latest)["step"]:
+                latest = path
+    assert kinds.count(-signal.SIGKILL) >= 4  # the kills did land while runs were going
+    if latest is None or load_checkpoint(latest)["epoch"] < 4:
+        finish = cli(tmp_path, "hydra.run.dir=final", *args, *([f"resume={latest}"] if latest else []))
+        assert finish.returncode == 0, finish.stderr
+        latest = tmp_path / "final" / "checkpoints" / "last.pt"
+    assert_same_weights(load_checkpoint(latest), load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt"))
+
+
+class NaNAt(BCELoss):
+    """BCE, except that d_loss is NaN at one call: a loss that diverges at a known step."""
+
+    def __init__(self, at_call: int):
+        super().__init__()
+        self.calls, self.at_call = 0, at_call
+
+    def d_loss(self, real, fake):
+        self.calls += 1
+        loss = super().d_loss(real, fake)
+        return loss * float("nan") if self.calls == self.at_call else loss
+
+
+@pytest.fixture
+def nan_loss():
+    REGISTRIES["loss"]["nan_at"] = NaNAt
+    yield
+    del REGISTRIES["loss"]["nan_at"]
+
+
+def with_nan_loss(cfg, at_call):
+    with open_dict(cfg):
+        cfg.loss = {"name": "nan_at", "at_call": at_call}
+    return cfg
+
+
+def test_nan_stops_and_names_the_step_and_the_last_good_checkpoint(cfg, tmp_path, nan_loss):
+    cfg = with_nan_loss(cfg, at_call=8)  # 6 steps per epoch: step 8 is in epoch 2
+    with pytest.raises(UserError) as e:
+        train(cfg, tmp_path, [])
+    message = str(e.value)
+    assert "non-finite at step 8" in message and f"{tmp_path / 'checkpoints' / 'last.pt'} (epoch 1)" in message
+    good = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert good["epoch"] == 1  # the epoch-1 checkpoint is intact and holds finite weights
+    assert all(torch.isfinite(v).all() for v in good["G"].values())
+
+
+def test_nan_skip_skips_the_update_and_counts_it(cfg, tmp_path, nan_loss, caplog):
+    cfg = with_nan_loss(cfg, at_call=2)
+    cfg.on_nan, cfg.log_every = "skip", 1
+    with caplog.at_level("INFO", logger="gantrain"):
+        train(cfg, tmp_path, [])
+    final = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert final["step"] == 12 and all(torch.isfinite(v).all() for v in final["D"].values())
+    assert "skipped 1 non-finite updates" in caplog.text
+    assert "Step[1/6]" in caplog.text and "skipped" not in caplog.text.split("Step[2/6]")[0]
+
+
+def test_full_disk_keeps_the_previous_checkpoint(cfg, tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save_then_fill_the_disk(obj, f):
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint: half written, then the disk is full
+            f.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, tmp_path, [])
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]  # no temp file left
