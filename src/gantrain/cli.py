@@ -18,6 +18,7 @@ CONF = "pkg://gantrain.conf"
 COMMANDS = {
     "train": "train a GAN configured by conf/train.yaml (overrides: key=value, -m for sweeps)",
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
+    "list": "list every model, loss, optimizer, data set and experiment preset",
 }
 USAGE = "usage: gantrain COMMAND [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
     f"  {name:<8} {text}\n" for name, text in COMMANDS.items()
@@ -127,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     elif argv[0] not in COMMANDS:
         print(f"gantrain: unknown command '{argv[0]}'\n{USAGE}", file=sys.stderr)
         return 2
+    elif argv[0] == "list":  # needs no config, so no Hydra app
+        from gantrain.listing import list_command
+
+        return list_command(argv[1:])
     else:
         cmd, rest = argv[0], argv[1:]
 

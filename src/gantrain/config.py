@@ -62,6 +62,10 @@ def user_path(path: str) -> Path:
 
 def kwargs_of(group: DictConfig, paths: tuple[str, ...] = ()) -> dict:
     """A config group as keyword arguments for its builder: every key but `name`, `paths` made absolute."""
+    for key in group:
+        if OmegaConf.is_missing(group, key):
+            full = group._get_full_key(key)
+            raise UserError(f"{full} is required and has no value; set it on the command line, e.g. {full}=VALUE")
     kwargs = {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != "name"}
     for key in paths:
         if kwargs.get(key) is not None:

@@ -1,5 +1,7 @@
 """Data sets, loaded whole into one float tensor in [-1, 1] so that batches are index slices."""
 import gzip
+import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +10,8 @@ import torch
 
 from gantrain.errors import UserError
 from gantrain.registry import register
+
+log = logging.getLogger("gantrain")
 
 
 @dataclass
@@ -51,23 +55,140 @@ def mnist_sample() -> TensorData:
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
 
-@register("data", "mnist")
-def mnist(root: str, download: bool = False) -> TensorData:
-    """Full MNIST training set in torchvision's layout under data.root (download when online)."""
-    raw = Path(root).expanduser() / "MNIST" / "raw"
+def idx_dataset(name: str, root: str, download: bool) -> TensorData:
+    """An MNIST-format training set in torchvision's layout: <root>/<name>/raw/train-{images,labels}-*."""
+    raw = Path(root).expanduser() / name / "raw"
     if download:
-        fetch_with_torchvision("MNIST", root)
-    paths = [find_idx(raw, name) for name in MNIST_FILES]
+        fetch_with_torchvision(name, root)
+    paths = [find_idx(raw, file) for file in MNIST_FILES]
     if None in paths:
         raise UserError(
-            f"MNIST not found: expected {raw}/{MNIST_FILES[0]}[.gz] and {MNIST_FILES[1]}[.gz]; "
-            f"set data.root=DIR holding MNIST/raw, add data.download=true when online, or use data=mnist_sample"
+            f"{name} not found: expected {raw}/{MNIST_FILES[0]}[.gz] and {MNIST_FILES[1]}[.gz]; "
+            f"set data.root=DIR holding {name}/raw, add data.download=true when online, or use data=mnist_sample"
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"MNIST files under {raw} do not match: images {images.shape}, labels {labels.shape}; "
-                        f"replace them with a matching pair of MNIST files")
+        raise UserError(f"{name} files under {raw} do not match: images {images.shape}, labels {labels.shape}; "
+                        f"replace them with a matching pair of {name} files")
     return from_uint8(images, labels)
+
+
+@register("data", "mnist")
+def mnist(root: str, download: bool = False) -> TensorData:
+    """MNIST's 60,000 training digits in torchvision's layout under data.root (download when online)."""
+    return idx_dataset("MNIST", root, download)
+
+
+@register("data", "fashion_mnist")
+def fashion_mnist(root: str, download: bool = False) -> TensorData:
+    """Fashion-MNIST's 60,000 training images (clothing, 10 classes), torchvision's layout under data.root."""
+    return idx_dataset("FashionMNIST", root, download)
+
+
+@register("data", "kmnist")
+def kmnist(root: str, download: bool = False) -> TensorData:
+    """Kuzushiji-MNIST's 60,000 training images (cursive Japanese, 10 classes), torchvision's layout."""
+    return idx_dataset("KMNIST", root, download)
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's batches (dicts of bytes, lists and numpy arrays) and refuses everything else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}  # protocol-2 pickles encode bytes so
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+@register("data", "cifar10")
+def cifar10(root: str, download: bool = False) -> TensorData:
+    """CIFAR-10's 50,000 training images (32x32 RGB) from <root>/cifar-10-batches-py (download when online)."""
+    folder = Path(root).expanduser() / "cifar-10-batches-py"
+    if download:
+        fetch_with_torchvision("CIFAR10", root)
+    paths = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}; set data.root=DIR holding "
+                        f"cifar-10-batches-py, add data.download=true when online, or use data=mnist_sample")
+    images, labels = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                batch = NumpyOnlyUnpickler(f, encoding="bytes").load()
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"]))
+        except Exception as e:  # a damaged or foreign file fails in many ways; none of them may run code
+            raise UserError(f"{path} is not a CIFAR-10 batch ({type(e).__name__}: {str(e)[:80]}); "
+                            f"replace it with the original file") from None
+    return from_uint8(np.concatenate(images), np.concatenate(labels))
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@register("data", "folder")
+def folder(root: str, image_size: int = 64, channels: int = 3) -> TensorData:
+    """Every image under data.root (recursively), resized and centre-cropped to data.image_size; unlabelled."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    top = Path(root).expanduser()
+    if not top.is_dir():
+        raise UserError(f"data.root={top} is not a folder; point it at a folder of images")
+    if channels not in (1, 3):
+        raise UserError(f"data.channels must be 1 or 3, got {channels}")
+    files = sorted(p for p in top.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images, broken = [], 0
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB")
+                images.append(center_crop(resize(pil_to_tensor(img), image_size, antialias=True), image_size))
+        except (UnidentifiedImageError, OSError, ValueError):
+            broken += 1
+    if broken:
+        log.warning(f"skipped {broken} unreadable image file(s) under {top}")
+    if not images:
+        raise UserError(f"no readable images under {top} ({len(files)} image files, {broken} unreadable); "
+                        f"point data.root at a folder of .png/.jpg images")
+    return from_uint8(torch.stack(images))
+
+
+def gaussian_mixture(means: np.ndarray, std: float, n: int, seed: int) -> TensorData:
+    """n points, each from a uniformly chosen mode with isotropic std; the label is the mode's index."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(means), n)
+    points = means[labels] + rng.normal(0.0, std, (n, 2))
+    return TensorData(torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.long))
+
+
+def ring8_means() -> np.ndarray:
+    angles = 2 * np.pi * np.arange(8) / 8
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def grid25_means() -> np.ndarray:
+    return np.array([(x, y) for x in (-4, -2, 0, 2, 4) for y in (-4, -2, 0, 2, 4)], dtype=np.float64)
+
+
+MIXTURES = {"ring8": (ring8_means, 0.01), "grid25": (grid25_means, 0.05)}  # modes and their std
+
+
+@register("data", "ring8")
+def ring8(n: int = 100_000, seed: int = 0) -> TensorData:
+    """2D: 8 Gaussians (std 0.01) evenly on the unit circle, the mode-collapse test of PacGAN and VEEGAN."""
+    return gaussian_mixture(ring8_means(), MIXTURES["ring8"][1], n, seed)
+
+
+@register("data", "grid25")
+def grid25(n: int = 100_000, seed: int = 0) -> TensorData:
+    """2D: 25 Gaussians (std 0.05) on the grid {-4,-2,0,2,4}^2, the mode-collapse test of PacGAN and VEEGAN."""
+    return gaussian_mixture(grid25_means(), MIXTURES["grid25"][1], n, seed)
 
 
 def find_idx(folder: Path, name: str) -> Path | None:

@@ -1,0 +1,262 @@
+"""The zoo: every network x loss trains, penalties and EMA match their formulas, every loader reads its format."""
+import copy
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+from PIL import Image
+from torch import nn
+
+from conftest import tiny_images, write_idx
+from gantrain.checkpoint import load_checkpoint
+from gantrain.data import TensorData, load_data
+from gantrain.errors import UserError
+from gantrain.losses import BCELoss, WGANGPLoss
+from gantrain.registry import REGISTRIES, lookup, register
+from gantrain.train import make_step, train
+
+for kind in ("model", "loss", "data"):
+    lookup(kind, "mlp" if kind == "model" else "bce" if kind == "loss" else "mnist")  # fill the registries
+MODELS, LOSSES = sorted(REGISTRIES["model"]), sorted(REGISTRIES["loss"])
+
+
+def finite_weights(run_dir) -> bool:
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return all(torch.isfinite(v).all() for net in ("G", "D") for v in ckpt[net].values())
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_network_and_loss_trains_two_steps(cfg, tmp_path, model, loss):
+    with open_dict(cfg):
+        cfg.model = {"name": model, "conditional": False}
+        cfg.loss = {"name": loss}
+    cfg.batch_size, cfg.epochs = 60, 1  # 120 images: 2 steps
+    train(cfg, tmp_path, [])
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 2 and finite_weights(tmp_path)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_on_2d_points_with_a_scatter_plot(cfg, tmp_path, loss):
+    with open_dict(cfg):
+        cfg.data = {"name": "ring8", "n": 400, "seed": 0}
+        cfg.loss = {"name": loss}
+    cfg.epochs, cfg.batch_size = 1, 100
+    train(cfg, tmp_path, [])
+    assert finite_weights(tmp_path)
+    assert Image.open(tmp_path / "samples" / "epoch_0001.png").size == (500, 500)  # the scatter plot
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 32, 32), (3, 28, 28)])
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_dcgan_sizes_itself_from_the_image_shape(shape, spectral_norm):
+    G, D = lookup("model", "dcgan")(data_shape=shape, latent_size=8, hidden_size=32, spectral_norm=spectral_norm)
+    x = G(torch.randn(3, 8))
+    assert x.shape == (3, *shape) and D(x).shape == (3,)
+    has_sn = any("parametrizations" in name for name, _ in D.named_modules())
+    assert has_sn == spectral_norm
+
+
+def test_dcgan_refuses_shapes_it_cannot_build():
+    with pytest.raises(UserError, match="divisible by 4"):
+        lookup("model", "dcgan")(data_shape=(1, 30, 30), latent_size=8, hidden_size=32)
+
+
+class Linear2D(nn.Module):
+    """D(x) = w . x + b: its input gradient is w everywhere, so the penalties have closed forms."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, x, y=None):
+        return x.flatten(1) @ self.w + 1.0
+
+
+def test_gradient_penalty_matches_the_closed_form():
+    D = Linear2D([3.0, 4.0])  # ||grad|| = 5 at every x_hat
+    real, fake = torch.randn(6, 2), torch.randn(6, 2)
+    assert WGANGPLoss(gp_weight=10).penalty(D, real, fake).item() == pytest.approx(10 * (5 - 1) ** 2)
+    assert WGANGPLoss(gp_weight=10, r1_gamma=2).penalty(D, real, fake).item() == pytest.approx(160 + 25)
+
+
+def test_r1_matches_a_hand_computed_value():
+    class Square(nn.Module):  # D(x) = sum x^2: grad = 2x
+        def forward(self, x, y=None):
+            return x.pow(2).flatten(1).sum(1)
+
+    real = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
+    # gamma/2 * mean ||2x||^2 = 0.5 * mean(4*5, 4*9) = 0.5 * 28 = 14 for gamma = 1
+    assert BCELoss(r1_gamma=1.0).penalty(Square(), real, real).item() == pytest.approx(14.0)
+    assert BCELoss().penalty(Square(), real, real) is None  # off: no extra forward pass at all
+
+
+def test_penalty_gradients_reach_d():
+    D = Linear2D([3.0, 4.0])
+    WGANGPLoss().penalty(D, torch.randn(4, 2), torch.randn(4, 2)).backward()
+    # d/dw 10 (||w|| - 1)^2 = 20 (||w|| - 1) w / ||w|| = 20 * 4 * w / 5
+    assert torch.allclose(D.w.grad, 16 * torch.tensor([3.0, 4.0]))
+
+
+def tiny_gan(seed=0):
+    torch.manual_seed(seed)
+    G, D = lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8)
+    return G, D, torch.optim.Adam(G.parameters(), 1e-2), torch.optim.Adam(D.parameters(), 1e-2)
+
+
+def test_ema_follows_its_formula():
+    G, D, opt_g, opt_d = tiny_gan()
+    G_ema = copy.deepcopy(G).requires_grad_(False)
+    before = [p.clone() for p in G_ema.parameters()]
+    step = make_step(G, D, BCELoss(), opt_g, opt_d, G_ema=G_ema, ema_decay=0.9)
+    step(torch.randn(1, 5, 2), torch.randn(2, 5, 4))
+    for ema, old, new in zip(G_ema.parameters(), before, G.parameters()):
+        assert not torch.equal(new, old)  # G moved
+        assert torch.allclose(ema, 0.9 * old + 0.1 * new, atol=1e-7)
+
+
+def test_n_critic_updates_d_that_many_times_per_g_update():
+    G, D, opt_g, opt_d = tiny_gan()
+    step = make_step(G, D, BCELoss(), opt_g, opt_d, n_critic=3)
+    step(torch.randn(3, 5, 2), torch.randn(4, 5, 4))
+    step_count = lambda opt: int(next(iter(opt.state.values()))["step"])
+    assert step_count(opt_d) == 3 and step_count(opt_g) == 1
+
+
+@pytest.mark.parametrize("name,folder", [("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_idx_loaders(tmp_path, name, folder):
+    images, labels = tiny_images(20)
+    write_idx(tmp_path / folder / "raw" / "train-images-idx3-ubyte", images, gz=True)
+    write_idx(tmp_path / folder / "raw" / "train-labels-idx1-ubyte", labels, gz=True)
+    data = load_data(name, root=str(tmp_path))
+    assert data.x.shape == (20, 1, 28, 28) and torch.equal(data.y, torch.tensor(labels).long())
+    with pytest.raises(UserError, match=f"{folder} not found"):
+        load_data(name, root=str(tmp_path / "elsewhere"))
+
+
+def write_cifar(root, per_batch=4):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    all_images = []
+    for i in range(1, 6):
+        images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        all_images.append(images)
+        batch = {b"data": images, b"labels": [int(v) for v in rng.integers(0, 10, per_batch)], b"batch_label": b"x"}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
+    return folder, np.concatenate(all_images)
+
+
+def test_cifar10_loader_reads_the_pickled_batches(tmp_path):
+    folder, images = write_cifar(tmp_path)
+    data = load_data("cifar10", root=str(tmp_path))
+    assert data.x.shape == (20, 3, 32, 32) and data.y.shape == (20,)
+    expected = torch.tensor(images.reshape(-1, 3, 32, 32)).float().div(127.5).sub(1)
+    assert torch.equal(data.x, expected)
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar10_loader_never_runs_code_from_a_batch(tmp_path):
+    folder, _ = write_cifar(tmp_path)
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Evil(tmp_path / "PWNED")}, protocol=2))
+    with pytest.raises(UserError, match="data_batch_3 is not a CIFAR-10 batch .*refused to load posix.system"):
+        load_data("cifar10", root=str(tmp_path))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_folder_loader_resizes_crops_and_skips_broken_files(tmp_path, caplog):
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "wide.png")
+    Image.new("L", (16, 16), 128).save(tmp_path / "sub" / "small.jpg")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with caplog.at_level("WARNING", logger="gantrain"):
+        data = load_data("folder", root=str(tmp_path), image_size=8, channels=3)
+    assert data.x.shape == (2, 3, 8, 8) and data.y is None
+    assert "skipped 1 unreadable image file" in caplog.text
+    red = data.x[0] if data.x[0, 0].mean() > 0.9 else data.x[1]
+    assert torch.allclose(red[0], torch.ones(8, 8)) and torch.allclose(red[1], -torch.ones(8, 8))
+    assert load_data("folder", root=str(tmp_path), image_size=8, channels=1).x.shape == (2, 1, 8, 8)
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"broken")
+    with pytest.raises(UserError, match="no readable images"):
+        load_data("folder", root=str(tmp_path), image_size=8, channels=1)
+
+
+@pytest.mark.parametrize("name,modes,std,extent", [("ring8", 8, 0.01, 1.0), ("grid25", 25, 0.05, 4.0)])
+def test_2d_mixtures(name, modes, std, extent):
+    data = load_data(name, n=20_000)
+    assert data.x.shape == (20_000, 2) and data.y.unique().numel() == modes
+    assert data.x.abs().max() < extent + 6 * std
+    for k in (0, modes - 1):  # points scatter around their mode with the stated std
+        assert data.x[data.y == k].std(0).mean().item() == pytest.approx(std, rel=0.1)
+    assert torch.equal(load_data(name, n=100).x, load_data(name, n=100).x)  # a fixed data set
+
+
+@pytest.fixture
+def two_blobs():
+    """A labelled toy set: class 0 around (-2, 0), class 1 around (2, 0)."""
+
+    def build(n: int = 2000) -> TensorData:
+        y = torch.arange(n) % 2
+        x = torch.stack([4.0 * y - 2, torch.zeros(n)], 1) + 0.1 * torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+        return TensorData(x, y)
+
+    register("data", "two_blobs")(build)
+    yield
+    del REGISTRIES["data"]["two_blobs"]
+
+
+def test_conditional_sampling_gives_the_requested_class(cfg, tmp_path, two_blobs):
+    from gantrain.sample import generator_from_checkpoint
+
+    with open_dict(cfg):
+        cfg.data = {"name": "two_blobs"}
+        cfg.model = {"name": "mlp", "conditional": True}
+    cfg.epochs, cfg.batch_size, cfg.hidden_size, cfg.latent_size, cfg.optim.lr = 25, 50, 32, 4, 1e-3  # 1,000 steps
+    train(cfg, tmp_path, [])
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    G, latent = generator_from_checkpoint(ckpt, "auto", torch.device("cpu"))
+    with torch.no_grad():
+        for label, side in ((0, -1), (1, 1)):
+            x = G(torch.randn(500, latent), torch.full((500,), label))
+            assert (torch.sign(x[:, 0]) == side).float().mean() > 0.95, (label, x.mean(0))
+
+
+PRESETS = ["reference_mnist", "dcgan_mnist", "wgan_gp_mnist", "ring8", "grid25"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_experiment_presets_compose_and_train(mnist_root, tmp_path, preset):
+    from importlib.resources import files
+
+    from conftest import TINY, compose_train
+
+    text = files("gantrain.conf").joinpath("experiment", f"{preset}.yaml").read_text()
+    assert text.startswith("# @package _global_") and len(text.splitlines()) <= 25
+    is_2d = preset in ("ring8", "grid25")
+    data = ["data.n=600"] if is_2d else ["data=mnist", f"data.root={mnist_root}"]
+    cfg = compose_train([f"experiment={preset}", *TINY, "epochs=1", *data])
+    if preset != "reference_mnist":
+        assert compose_train([f"experiment={preset}"]) != compose_train([])  # the preset changes something
+    train(cfg, tmp_path, [])
+    assert finite_weights(tmp_path)
+
+
+def test_reference_preset_is_exactly_the_defaults():
+    from conftest import compose_train
+
+    assert compose_train(["experiment=reference_mnist"]) == compose_train([])
