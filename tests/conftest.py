@@ -46,12 +46,18 @@ def write_mnist(root: Path, n: int = N_TINY, gz: bool = False) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory):
+    """Cached feature networks go to a temp dir (CLI subprocesses inherit it), never to ~/.cache."""
+    os.environ["GANTRAIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("data"))
 
 
-TINY = ["device=cpu", "epochs=2", "batch_size=20", "latent_size=8", "hidden_size=32", "log_every=3",
+TINY = ["device=cpu", "epochs=2", "batch_size=20", "latent_size=8", "hidden_size=32", "log_every=3", "eval.n=60",
         "trainer.threads=1"]
 
 

@@ -17,19 +17,24 @@ VERSION = 1
 REQUIRED_KEYS = ("format", "version", "config", "data_shape", "epoch", "step", "G", "D", "opt_g", "opt_d", "rng")
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write `state` to `path` atomically: a temp file in the same folder, fsync, then rename over."""
+def atomic_save(path: Path, obj) -> None:
+    """torch.save `obj` to `path` atomically: a temp file in the same folder, fsync, then rename over."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half of one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint (state plus the format marker and version) atomically."""
+    atomic_save(path, {"format": FORMAT, "version": VERSION, **state})
 
 
 def load_checkpoint(path: str | Path) -> dict:

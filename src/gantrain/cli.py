@@ -18,6 +18,7 @@ CONF = "pkg://gantrain.conf"
 COMMANDS = {
     "train": "train a GAN configured by conf/train.yaml (overrides: key=value, -m for sweeps)",
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
+    "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
     "list": "list every model, loss, optimizer, data set and experiment preset",
 }
 USAGE = "usage: gantrain COMMAND [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
@@ -67,7 +68,14 @@ def sample_app(cfg: DictConfig):
     return one_line_errors(lambda: sample(cfg, run_dir_and_overrides()[0]))
 
 
-APPS = {"train": train_app, "sample": sample_app}
+@hydra.main(config_path=CONF, config_name="eval", version_base=None)
+def eval_app(cfg: DictConfig):
+    from gantrain.evaluate import eval_command
+
+    return one_line_errors(lambda: eval_command(cfg, run_dir_and_overrides()[0]))
+
+
+APPS = {"train": train_app, "sample": sample_app, "eval": eval_app}
 
 
 def describe_config_error(e: Exception) -> str:

@@ -8,10 +8,10 @@ from omegaconf import DictConfig, OmegaConf
 from gantrain.errors import UserError
 
 POSITIVE_INTS = ("epochs", "batch_size", "latent_size", "hidden_size", "log_every", "n_critic")
-NON_NEGATIVE_INTS = ("sample_every", "ckpt_every", "seed")
+NON_NEGATIVE_INTS = ("sample_every", "ckpt_every", "seed", "eval_every")
 # keys a resumed run may change: they alter how the run proceeds or where it reads, not the model it trains
 MUTABLE_ON_RESUME = ("epochs", "device", "log_every", "sample_every", "ckpt_every", "resume", "on_nan",
-                     "trainer", "data.root", "data.download")
+                     "eval_every", "eval", "trainer", "data.root", "data.download")
 
 
 def is_int(value) -> bool:
@@ -26,6 +26,10 @@ def check_train_config(cfg: DictConfig) -> None:
             raise UserError(f"{key} must be an integer >= {low}, got {value!r}; e.g. {key}={EXAMPLES[key]}")
     if not isinstance(cfg.ema_decay, (int, float)) or isinstance(cfg.ema_decay, bool) or not 0 <= cfg.ema_decay < 1:
         raise UserError(f"ema_decay must be a number in [0, 1) (0 = off), got {cfg.ema_decay!r}; e.g. ema_decay=0.999")
+    if cfg.eval.metric not in ("auto", "fd", "kid"):
+        raise UserError(f"eval.metric must be auto, fd or kid, got {cfg.eval.metric!r}; e.g. eval.metric=fd")
+    if not is_int(cfg.eval.n) or cfg.eval.n < 2:
+        raise UserError(f"eval.n must be an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")
     if cfg.on_nan not in ("stop", "skip"):
         raise UserError(f"on_nan must be stop or skip, got {cfg.on_nan!r}; e.g. on_nan=skip")
     if cfg.trainer.precision not in ("fp32", "bf16"):
@@ -35,7 +39,7 @@ def check_train_config(cfg: DictConfig) -> None:
 
 
 EXAMPLES = {"epochs": 200, "batch_size": 100, "latent_size": 64, "hidden_size": 256,
-            "log_every": 200, "sample_every": 1, "ckpt_every": 1, "seed": 0, "n_critic": 1}
+            "log_every": 200, "sample_every": 1, "ckpt_every": 1, "seed": 0, "n_critic": 1, "eval_every": 0}
 
 
 def pick_device(name: str) -> torch.device:

@@ -297,6 +297,33 @@ def log_stats(where: Where, cfg, steps_per_epoch: int, stats: torch.Tensor, csv,
     csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
 
 
+def evaluate_and_keep_best(cfg, parts: Parts, run_dir: Path, where: Where, state: dict, best: float | None):
+    """Metrics of the current G (EMA if kept) into metrics.json; checkpoints/best.pt when they are the best yet."""
+    from gantrain.evaluate import evaluate, headline, write_metrics
+
+    results = evaluate(parts.G_ema or parts.G, parts.data, cfg.data.name, cfg.latent_size, parts.num_classes,
+                       cfg.eval.n, cfg.seed)
+    score = headline(results, cfg.eval.metric)
+    if score is None:
+        return None, best
+    write_metrics(run_dir / "metrics.json", results, epoch=where.epoch, step=where.step)
+    log.info(f"eval at epoch {where.epoch}: " + ", ".join(f"{k} {v['value']:.4g}" for k, v in results.items())
+             + f" (n_real {next(iter(results.values()))['n_real']}, n_fake {next(iter(results.values()))['n_fake']})")
+    if best is None or score < best:
+        save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+        best = score
+    return score, best
+
+
+def can_evaluate(cfg, data: TensorData) -> bool:
+    if not cfg.eval.enabled:
+        return False
+    if data.x.dim() == 4 and data.y is None:
+        log.warning(f"{cfg.data.name} has no labels, so no feature network can be trained: metrics are skipped")
+        return False
+    return True
+
+
 def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
     """The training loop: epochs of index-sliced batches, logging, samples, checkpoints, stop on signals."""
     from tqdm import tqdm
@@ -311,6 +338,7 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
     artifacts.save_real_images(data, run_dir / "real_images.png")
     csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
     history = torch.zeros(steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
+    evaluating, score, best = can_evaluate(cfg, data), None, None
     log.info(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, "
              f"{steps_per_epoch} steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {run_dir}")
     with deferred_signals() as caught, csv:
@@ -340,9 +368,12 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
             if last or (cfg.sample_every > 0 and where.epoch % cfg.sample_every == 0):
                 artifacts.save_samples(parts.G_ema or parts.G, fixed_z, fixed_y,
                                        run_dir / "samples" / f"epoch_{where.epoch:04d}.png", real_points)
+            state = checkpoint_state(cfg, parts, where)
             if last or (cfg.ckpt_every > 0 and where.epoch % cfg.ckpt_every == 0):
-                save_checkpoint(ckpt_path, checkpoint_state(cfg, parts, where))
+                save_checkpoint(ckpt_path, state)
                 last_ckpt = f"{ckpt_path} (epoch {where.epoch})"
+            if evaluating and (last or (cfg.eval_every > 0 and where.epoch % cfg.eval_every == 0)):
+                score, best = evaluate_and_keep_best(cfg, parts, run_dir, where, state, best)
     artifacts.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     log.info(f"done: {where.step} steps; checkpoint, samples and curves in {run_dir}")
-    return None
+    return score

@@ -1,0 +1,115 @@
+"""The feature network behind the image metrics: a small CNN classifier that gantrain trains itself.
+
+Inception weights cannot be downloaded offline, and an ImageNet network is a poor judge of 28x28 digits
+anyway; so, as in the GAN literature's MNIST evaluations, a classifier is trained on the data set's own
+labelled training split, once, and cached by the data's content hash. Its penultimate layer (128 units)
+gives the features for FD, KID and precision/recall; its predictions give class coverage.
+"""
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gantrain.checkpoint import atomic_save
+from gantrain.data import TensorData
+from gantrain.errors import UserError
+
+log = logging.getLogger("gantrain")
+VERSION = 1  # bump when the network or its training changes: old cache entries are then ignored
+HELD_OUT = 0.2  # fraction of each data set held out to measure the classifier's accuracy
+EPOCHS, BATCH, LR = 16, 64, 1e-3
+
+
+class FeatureNet(nn.Module):
+    """(B, C, H, W) in [-1, 1] -> features (B, 128); classify() -> logits (B, classes)."""
+
+    num_features = 128  # torchmetrics reads this to size its statistics
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(7), nn.Flatten(),  # 28x28 and 32x32 inputs both end as (64, 7, 7)
+            nn.Linear(64 * 7 * 7, self.num_features), nn.ReLU(),
+        )
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.float())
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.float()))
+
+
+def cache_dir() -> Path:
+    """$GANTRAIN_CACHE_DIR, else $XDG_CACHE_HOME/gantrain, else ~/.cache/gantrain."""
+    if os.environ.get("GANTRAIN_CACHE_DIR"):
+        return Path(os.environ["GANTRAIN_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "gantrain"
+
+
+def content_hash(data: TensorData) -> str:
+    h = hashlib.sha256(data.x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(data.y.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed train / held-out split of n examples (the same for every run and machine)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    n_held = max(1, int(n * HELD_OUT))
+    return order[n_held:], order[:n_held]
+
+
+@torch.no_grad()
+def accuracy(net: FeatureNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    predictions = torch.cat([net.classify(chunk).argmax(1) for chunk in x.split(1024)])
+    return (predictions == y).float().mean().item()
+
+
+def train_feature_net(data: TensorData, device: torch.device) -> tuple[FeatureNet, float]:
+    """Train on the training split; returns the net and its accuracy on the held-out split."""
+    x, y = data.x.to(device), data.y.to(device)
+    train_idx, held_idx = (i.to(device) for i in split(len(x)))
+    gen = torch.Generator(device).manual_seed(0)
+    torch.manual_seed(0)
+    net = FeatureNet(x.shape[1], int(y.max()) + 1).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    for epoch in range(EPOCHS):
+        order = train_idx[torch.randperm(len(train_idx), generator=gen, device=device)]
+        for i in range(0, len(order), BATCH):
+            idx = order[i:i + BATCH]
+            batch = x[idx]
+            shift = torch.randint(-2, 3, (2,), generator=gen, device=device).tolist()  # a little augmentation
+            loss = F.cross_entropy(net.classify(torch.roll(batch, shifts=shift, dims=(2, 3))), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    return net, accuracy(net, x[held_idx], y[held_idx])
+
+
+def feature_net(data: TensorData, device: torch.device) -> tuple[FeatureNet, float]:
+    """The feature network for `data`, from the cache or trained now (and cached); plus its held-out accuracy."""
+    if data.y is None or data.x.dim() != 4:
+        raise UserError("image metrics need a labelled image data set to train the feature network on; "
+                        "this data set has no labels (e.g. data=folder): use a labelled one for eval")
+    path = cache_dir() / "features" / f"{content_hash(data)}-v{VERSION}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = FeatureNet(data.x.shape[1], saved["num_classes"])
+        net.load_state_dict(saved["state"])
+        log.info(f"feature network: cached {path.name}, held-out accuracy {saved['accuracy']:.4f}")
+        return net.to(device).eval().requires_grad_(False), saved["accuracy"]
+    log.info(f"feature network: training a classifier on {len(data)} labelled examples (once; cached in {path.parent})")
+    net, acc = train_feature_net(data, device)
+    num_classes = net.head.out_features
+    atomic_save(path, {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "accuracy": acc,
+                       "num_classes": num_classes, "version": VERSION})
+    log.info(f"feature network: held-out accuracy {acc:.4f} on {len(split(len(data))[1])} examples")
+    return net.requires_grad_(False), acc
