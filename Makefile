@@ -16,7 +16,7 @@ train: ## train the reference GAN on the bundled MNIST sample (offline)
 	$(VENV)/bin/gantrain train
 
 test: ## run the test suite (a few minutes on 2 CPU cores)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: ## CPU benchmark: gantrain's training step against the reference pipeline
 	$(PY) benchmarks/bench_train.py

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Tests run in 2 xdist workers on 2 cores: one thread each (OpenMP threads that outnumber the cores spin
+# and slow everything down many times). Set before torch is imported; CLI subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module

@@ -1,0 +1,123 @@
+"""Evaluation: the sanity ladder on the bundled sample, the 2D protocol, precision/recall by hand, the cache."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import run_cli
+from gantrain import features, metrics
+from gantrain.data import grid25_means, load_data, ring8_means
+from gantrain.checkpoint import load_checkpoint
+from gantrain.train import train
+
+
+@pytest.fixture(scope="module")
+def mnist_features():
+    data = load_data("mnist_sample")
+    net, accuracy = features.feature_net(data, torch.device("cpu"))
+    return data, net, accuracy
+
+
+@pytest.mark.xdist_group("mnist_sample_features")
+def test_feature_network_reaches_97_percent_on_held_out_digits(mnist_features):
+    _, _, accuracy = mnist_features
+    assert accuracy >= 0.97
+
+
+@pytest.mark.xdist_group("mnist_sample_features")
+def test_sanity_ladder_on_the_bundled_sample(mnist_features):
+    from torchvision.transforms.functional import gaussian_blur
+
+    data, net, _ = mnist_features
+    train_idx, held_idx = features.split(len(data))
+    reference, other = data.x[train_idx[:2000]], data.x[train_idx[2000:3000]]
+    noise = torch.randn(other.shape, generator=torch.Generator().manual_seed(1))
+    fd = lambda x: metrics.fd_and_kid(net, reference, x)["fd"]["value"]
+    held_out, noisy, blurred = fd(data.x[held_idx]), fd((other + 0.2 * noise).clamp(-1, 1)), fd(gaussian_blur(other, 5, 1.0))
+    one_class, uniform = fd(data.x[data.y == 3]), fd(torch.rand(other.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1)
+    assert held_out < noisy < blurred
+    assert one_class < uniform
+    pr = metrics.image_metrics(net, reference, data.x[data.y == 3], 10)
+    assert pr["precision"]["value"] > 0.8 and pr["recall"]["value"] < 0.3
+    assert pr["classes_covered"]["value"] == 1 and pr["class_kl"]["value"] > 2.0  # log 10 = 2.30 for one class
+    balanced = metrics.image_metrics(net, reference, data.x[held_idx], 10)
+    assert balanced["classes_covered"]["value"] == 10 and balanced["class_kl"]["value"] < 0.05
+    assert all(e["n_real"] == 2000 and e["n_fake"] == len(held_idx) for e in balanced.values())
+
+
+def test_feature_network_cache_is_reused(base_cfg, mnist_root, monkeypatch):
+    data = load_data("mnist", root=str(mnist_root))
+    net, acc = features.feature_net(data, torch.device("cpu"))  # trained, or cached by an earlier test
+    calls = []
+    monkeypatch.setattr(features, "train_feature_net", lambda *a: calls.append(1))
+    again, acc_again = features.feature_net(data, torch.device("cpu"))
+    assert not calls and acc_again == acc
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+
+
+def test_precision_recall_by_hand():
+    real = torch.tensor([[0.0], [1.0], [2.0], [10.0]])  # k=1 radii: 1, 1, 1, 8
+    fake = torch.tensor([[0.5], [5.0], [20.0]])  # k=1 radii: 4.5, 4.5, 15
+    pr = metrics.precision_recall(real, fake, k=1)
+    assert pr["precision"]["value"] == pytest.approx(2 / 3)  # 20 is outside every real ball
+    assert pr["recall"]["value"] == 1.0  # 10 is inside the ball of 20 (radius 15)
+    assert metrics.precision_recall(real, real, k=1)["precision"]["value"] == 1.0
+
+
+@pytest.mark.parametrize("name,modes,means", [("ring8", 8, ring8_means), ("grid25", 25, grid25_means)])
+def test_mode_metrics_on_exact_mixtures(name, modes, means):
+    real = load_data(name, n=2500).x
+    m = metrics.mixture_metrics(name, real)
+    assert m["modes"]["value"] == modes
+    assert m["hq_percent"]["value"] == pytest.approx(100 * (1 - math.exp(-4.5)), abs=1.0)  # 98.9% within 3 std in 2D
+    assert m["mode_kl"]["value"] < 0.05
+    one_mode = real[load_data(name, n=2500).y == 0]
+    single = metrics.mixture_metrics(name, one_mode)
+    assert single["modes"]["value"] == 1 and single["mode_kl"]["value"] == pytest.approx(math.log(modes))
+
+
+def test_mode_metrics_on_hand_made_points():
+    means = torch.tensor(ring8_means())
+    on_two = torch.cat([means[:1].repeat(3, 1), means[1:2]])  # 3 at mode 0, 1 at mode 1
+    m = metrics.mode_metrics(on_two, means, std=0.01)
+    assert m["modes"]["value"] == 2 and m["hq_percent"]["value"] == 100
+    assert m["mode_kl"]["value"] == pytest.approx(0.75 * math.log(0.75 * 8) + 0.25 * math.log(0.25 * 8))
+    far = metrics.mode_metrics(torch.zeros(5, 2), means, std=0.01)  # the ring's centre is 1 away from every mode
+    assert far["modes"]["value"] == 0 and far["hq_percent"]["value"] == 0 and far["mode_kl"]["value"] == math.inf
+
+
+def test_training_writes_metrics_and_best_and_returns_the_headline(cfg, tmp_path):
+    cfg.eval_every = 1
+    score = train(cfg, tmp_path, [])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["epoch"] == 2 and score == pytest.approx(saved["metrics"]["fd"]["value"])
+    assert {"fd", "kid", "precision", "recall", "classes_covered", "class_kl"} <= set(saved["metrics"])
+    assert all({"value", "n_real", "n_fake"} <= set(e) for e in saved["metrics"].values())
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["epoch"] in (1, 2)
+
+
+def test_2d_training_reports_modes(cfg, tmp_path):
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.data = {"name": "ring8", "n": 500, "seed": 0}
+    cfg.batch_size = 100
+    score = train(cfg, tmp_path, [])
+    saved = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert saved["modes"]["n_fake"] == 2500 and 0 <= saved["modes"]["value"] <= 8
+    assert score == pytest.approx(-(saved["modes"]["value"] + saved["hq_percent"]["value"] / 100))
+
+
+def test_eval_command_prints_a_table_and_writes_metrics_json(tmp_path, base_cfg):
+    import copy
+
+    cfg = copy.deepcopy(base_cfg)
+    cfg.epochs, cfg.eval.enabled = 1, False
+    train(cfg, tmp_path / "run", [])
+    result = run_cli("eval", f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", "n=50", "out=ev", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "fd" in result.stdout and "precision" in result.stdout and "n_fake" in result.stdout
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["metrics"]["fd"]["n_fake"] == 50 and saved["epoch"] == 1
