@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: ## create .venv and install gantrain (editable) with its test tools
+install: ## create .venv and install gantrain (editable) with its test tools and sweep plugins
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,sweep]'
 
 train: ## train the reference GAN on the bundled MNIST sample (offline)
 	$(VENV)/bin/gantrain train

@@ -19,6 +19,7 @@ COMMANDS = {
     "train": "train a GAN configured by conf/train.yaml (overrides: key=value, -m for sweeps)",
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
+    "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
     "list": "list every model, loss, optimizer, data set and experiment preset",
 }
 USAGE = "usage: gantrain COMMAND [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
@@ -54,11 +55,46 @@ def one_line_errors(task):
         raise SystemExit(1) from None
 
 
+def run_job(task, run_dir: Path):
+    """A training job with its status.json kept up to date. In a sweep a failed job is recorded and the
+    others go on; alone, its error ends the command (as one line, see one_line_errors)."""
+    import logging
+
+    from hydra.types import RunMode
+
+    from gantrain.runs import write_status
+
+    write_status(run_dir, "running")
+    try:
+        result = task()
+    except (SystemExit, KeyboardInterrupt) as e:  # a signal: the checkpoint is saved, the job can resume
+        write_status(run_dir, "interrupted", reason=type(e).__name__)
+        raise
+    except Exception as e:
+        line = error_line(e)
+        write_status(run_dir, "failed", reason=line or f"{type(e).__name__}: {e}")
+        if HydraConfig.get().mode != RunMode.MULTIRUN or SHOW_TRACEBACKS:
+            raise
+        logging.getLogger("gantrain").error(f"job {HydraConfig.get().job.num} failed: {line or repr(e)}",
+                                            exc_info=line is None)
+        return None
+    write_status(run_dir, "done", **({} if result is None else {"metric": result}))
+    return result
+
+
 @hydra.main(config_path=CONF, config_name="train", version_base=None)
 def train_app(cfg: DictConfig):
+    from hydra.types import RunMode
+
+    from gantrain.runs import launcher_settings
     from gantrain.train import train
 
-    return one_line_errors(lambda: train(cfg, *run_dir_and_overrides()))
+    hc = HydraConfig.get()
+    run_dir, overrides = run_dir_and_overrides()
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        launcher_settings(cfg, hc)
+    return one_line_errors(lambda: run_job(lambda: train(cfg, run_dir, overrides, multirun), run_dir))
 
 
 @hydra.main(config_path=CONF, config_name="sample", version_base=None)
@@ -122,6 +158,19 @@ def strip_command_from_comp_line() -> str | None:
     return words[1]
 
 
+def plain_command(cmd: str, argv: list[str]) -> int:
+    """Commands without a Hydra config (argparse or no options); a UserError is one line, exit 1."""
+    if cmd == "list":
+        from gantrain.listing import list_command as run
+    else:
+        from gantrain.report import report_command as run
+    try:
+        return run(argv)
+    except UserError as e:
+        print(f"gantrain {cmd}: error: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and (argv[0] == "-sc" or argv[0].startswith("--shell-completion")):
@@ -136,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     elif argv[0] not in COMMANDS:
         print(f"gantrain: unknown command '{argv[0]}'\n{USAGE}", file=sys.stderr)
         return 2
-    elif argv[0] == "list":  # needs no config, so no Hydra app
-        from gantrain.listing import list_command
-
-        return list_command(argv[1:])
+    elif argv[0] in ("list", "report"):  # these need no config, so no Hydra app
+        return plain_command(argv[0], argv[1:])
     else:
         cmd, rest = argv[0], argv[1:]
 

@@ -17,16 +17,21 @@ def is_image(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3
 
 
-class MLPGenerator(nn.Module):
-    """z (B, latent) [+ label embedding] -> x (B, *out_shape): Linear-ReLU x2 - Linear, then Tanh for images."""
+def hidden_layers(width_in: int, width: int, depth: int, activation) -> list[nn.Module]:
+    """depth x (Linear, activation), the first taking width_in features."""
+    return [m for i in range(depth) for m in (nn.Linear(width_in if i == 0 else width, width), activation())]
 
-    def __init__(self, latent_size: int, hidden_size: int, out_shape: tuple[int, ...], num_classes: int = 0):
+
+class MLPGenerator(nn.Module):
+    """z (B, latent) [+ label embedding] -> x (B, *out_shape): (Linear-ReLU) x depth - Linear, Tanh for images."""
+
+    def __init__(self, latent_size: int, hidden_size: int, out_shape: tuple[int, ...], num_classes: int = 0,
+                 depth: int = 2):
         super().__init__()
         self.out_shape = tuple(out_shape)
         self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
         self.net = nn.Sequential(
-            nn.Linear(latent_size + num_classes, hidden_size), nn.ReLU(),
-            nn.Linear(hidden_size, hidden_size), nn.ReLU(),
+            *hidden_layers(latent_size + num_classes, hidden_size, depth, nn.ReLU),
             nn.Linear(hidden_size, math.prod(out_shape)),
             nn.Tanh() if is_image(out_shape) else nn.Identity(),  # points are not bounded to [-1, 1]
         )
@@ -38,14 +43,13 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """x (B, *in_shape) [+ label embedding] -> logits (B,): Linear-LeakyReLU(0.2) x2 - Linear. No Sigmoid."""
+    """x (B, *in_shape) [+ label embedding] -> logits (B,): (Linear-LeakyReLU(0.2)) x depth - Linear. No Sigmoid."""
 
-    def __init__(self, in_shape: tuple[int, ...], hidden_size: int, num_classes: int = 0):
+    def __init__(self, in_shape: tuple[int, ...], hidden_size: int, num_classes: int = 0, depth: int = 2):
         super().__init__()
         self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
         self.net = nn.Sequential(
-            nn.Linear(math.prod(in_shape) + num_classes, hidden_size), nn.LeakyReLU(0.2),
-            nn.Linear(hidden_size, hidden_size), nn.LeakyReLU(0.2),
+            *hidden_layers(math.prod(in_shape) + num_classes, hidden_size, depth, lambda: nn.LeakyReLU(0.2)),
             nn.Linear(hidden_size, 1),
         )
 
@@ -57,10 +61,10 @@ class MLPDiscriminator(nn.Module):
 
 
 @register("model", "mlp")
-def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0):
+def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0, depth: int = 2):
     """The reference MLP pair (G: z-h-h-x, ReLU/Tanh; D: x-h-h-1, LeakyReLU 0.2); also for 2D points."""
-    return (MLPGenerator(latent_size, hidden_size, data_shape, num_classes),
-            MLPDiscriminator(data_shape, hidden_size, num_classes))
+    return (MLPGenerator(latent_size, hidden_size, data_shape, num_classes, depth),
+            MLPDiscriminator(data_shape, hidden_size, num_classes, depth))
 
 
 class DCGANGenerator(nn.Module):

@@ -1,6 +1,8 @@
 """gantrain train: build the pieces the config names, then run the GAN loop."""
 import copy
+import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -17,6 +19,7 @@ from gantrain.config import check_train_config, config_for_resume, kwargs_of, pi
 from gantrain.data import TensorData, load_data
 from gantrain.errors import UserError
 from gantrain.registry import lookup
+from gantrain.tracking import open_tracker
 
 log = logging.getLogger("gantrain")
 STATS = ("d_loss", "g_loss", "d_x", "d_g_z")  # what a step returns, in this order
@@ -205,11 +208,40 @@ def batches(data: TensorData, order: torch.Tensor, batch_size: int, latent_size:
             yield i, (data.x[idx], z)
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
+def auto_resume(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> tuple[bool, float | None]:
+    """resume=auto: find the newest earlier run of this job. Finished: adopt its results (returns True and its
+    metric). Interrupted with a checkpoint: set cfg.resume to it. Otherwise start fresh."""
+    from gantrain.evaluate import headline
+    from gantrain.runs import adopt, carry_metrics, previous_run, read_status
+
+    previous = previous_run(run_dir, overrides, multirun)
+    last = previous / "checkpoints" / "last.pt" if previous else None
+    ckpt = load_checkpoint(last) if last and last.exists() else None
+    finished = ckpt is not None and ckpt["epoch"] >= cfg.epochs and not ckpt.get("position")
+    if previous and (read_status(previous).get("state") == "done" or finished):
+        adopt(previous, run_dir)
+        log.info(f"resume=auto: this job already finished in {previous}; its results are linked here")
+        metrics_json = previous / "metrics.json"
+        results = json.loads(metrics_json.read_text())["metrics"] if metrics_json.exists() else {}
+        return True, headline(results, cfg.eval.metric)
+    if ckpt is not None:
+        carry_metrics(previous, run_dir, ckpt["step"])
+        cfg.resume = str(last)
+        return False, None
+    log.info("resume=auto: no earlier checkpoint of this job; starting fresh")
+    cfg.resume = None
+    return False, None
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool = False) -> float | None:
     """Build everything `cfg` names (resuming from cfg.resume if set), then train; artifacts go to `run_dir`."""
     if (run_dir / "checkpoints" / "last.pt").exists():
         raise UserError(f"{run_dir} already holds a run's checkpoint; wait a second (run dirs are named by the "
                         f"time) or choose another hydra.run.dir")
+    if cfg.resume == "auto":
+        done, score = auto_resume(cfg, run_dir, overrides, multirun)
+        if done:
+            return score
     ckpt = None
     if cfg.resume:
         ckpt = load_checkpoint(user_path(cfg.resume))
@@ -288,16 +320,18 @@ def check_finite(history: torch.Tensor, first_step: int, last_ckpt: str) -> None
                         f"last good checkpoint: {last_ckpt}. Resume from it with a lower optim.lr, or set on_nan=skip")
 
 
-def log_stats(where: Where, cfg, steps_per_epoch: int, stats: torch.Tensor, csv, skipped: int) -> None:
+def log_stats(where: Where, cfg, steps_per_epoch: int, stats: torch.Tensor, csv, skipped: int, tracker) -> None:
     """The reference's log line, with the same values as a row of metrics.csv. A host sync, once per log_every."""
-    d_loss, g_loss, d_x, d_g_z = stats.tolist()
+    values = stats.tolist()
+    d_loss, g_loss, d_x, d_g_z = values
+    tracker.scalars({f"train/{name}": v for name, v in zip(STATS, values)}, where.step)
     note = f" (skipped {skipped} non-finite updates)" if skipped else ""
     log.info(f"Epoch[{where.epoch + 1}/{cfg.epochs}] Step[{where.position}/{steps_per_epoch}] d_loss {d_loss:.4f} "
              f"g_loss {g_loss:.4f} D(x) {d_x:.2f} D(G(z)) {d_g_z:.2f}{note}")
     csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
 
 
-def evaluate_and_keep_best(cfg, parts: Parts, run_dir: Path, where: Where, state: dict, best: float | None):
+def evaluate_and_keep_best(cfg, parts: Parts, run_dir: Path, where: Where, state: dict, best: float | None, tracker):
     """Metrics of the current G (EMA if kept) into metrics.json; checkpoints/best.pt when they are the best yet."""
     from gantrain.evaluate import evaluate, headline, write_metrics
 
@@ -307,6 +341,7 @@ def evaluate_and_keep_best(cfg, parts: Parts, run_dir: Path, where: Where, state
     if score is None:
         return None, best
     write_metrics(run_dir / "metrics.json", results, epoch=where.epoch, step=where.step)
+    tracker.scalars({f"eval/{k}": v["value"] for k, v in results.items() if math.isfinite(v["value"])}, where.step)
     log.info(f"eval at epoch {where.epoch}: " + ", ".join(f"{k} {v['value']:.4g}" for k, v in results.items())
              + f" (n_real {next(iter(results.values()))['n_real']}, n_fake {next(iter(results.values()))['n_fake']})")
     if best is None or score < best:
@@ -339,6 +374,7 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
     csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
     history = torch.zeros(steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
     evaluating, score, best = can_evaluate(cfg, data), None, None
+    tracker = open_tracker(cfg.logger.name, run_dir)
     log.info(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, "
              f"{steps_per_epoch} steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {run_dir}")
     with deferred_signals() as caught, csv:
@@ -354,7 +390,7 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
                     if cfg.on_nan == "stop":
                         check_finite(history[:i + 1], where.step - i, last_ckpt)
                     if where.step % cfg.log_every == 0:
-                        log_stats(where, cfg, steps_per_epoch, history[i], csv, parts.step.skipped)
+                        log_stats(where, cfg, steps_per_epoch, history[i], csv, parts.step.skipped, tracker)
                 if caught:  # a mid-epoch checkpoint that resumes exactly: it holds this epoch's order and position
                     save_checkpoint(ckpt_path, checkpoint_state(cfg, parts, where))
                     name = signal.Signals(caught[0]).name
@@ -366,14 +402,16 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
             where.epoch, where.position, where.order = where.epoch + 1, 0, None
             last = where.epoch == cfg.epochs
             if last or (cfg.sample_every > 0 and where.epoch % cfg.sample_every == 0):
-                artifacts.save_samples(parts.G_ema or parts.G, fixed_z, fixed_y,
-                                       run_dir / "samples" / f"epoch_{where.epoch:04d}.png", real_points)
+                png = run_dir / "samples" / f"epoch_{where.epoch:04d}.png"
+                artifacts.save_samples(parts.G_ema or parts.G, fixed_z, fixed_y, png, real_points)
+                tracker.image("samples", png, where.epoch)
             state = checkpoint_state(cfg, parts, where)
             if last or (cfg.ckpt_every > 0 and where.epoch % cfg.ckpt_every == 0):
                 save_checkpoint(ckpt_path, state)
                 last_ckpt = f"{ckpt_path} (epoch {where.epoch})"
             if evaluating and (last or (cfg.eval_every > 0 and where.epoch % cfg.eval_every == 0)):
-                score, best = evaluate_and_keep_best(cfg, parts, run_dir, where, state, best)
+                score, best = evaluate_and_keep_best(cfg, parts, run_dir, where, state, best, tracker)
+    tracker.close()
     artifacts.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     log.info(f"done: {where.step} steps; checkpoint, samples and curves in {run_dir}")
     return score

@@ -1,0 +1,67 @@
+"""Mode counting on the 2D mixtures: gantrain's ring8 and grid25 presets over N seeds, beside the published rows.
+
+    python benchmarks/modes.py                          # both presets, 10 seeds each
+    python benchmarks/modes.py --presets ring8 --seeds 3 --set epochs=5
+
+Each run trains the preset exactly as `gantrain train experiment=NAME seed=S` does, then counts modes on
+2,500 samples by the PacGAN/VEEGAN protocol (high quality: within 3 std of the nearest mode).
+"""
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+PUBLISHED = {  # modes, HQ %, KL (None where the paper gives none); 2,500 samples each
+    "ring8": [("GAN (VEEGAN Table 1)", 1, 99.3, None), ("Unrolled GAN (VEEGAN)", 7.6, 35.6, None),
+              ("VEEGAN", 8, 52.9, None), ("GAN (PacGAN Table 1)", 6.3, 98.2, 0.45), ("PacGAN2", 7.9, 95.6, 0.07)],
+    "grid25": [("GAN (VEEGAN Table 1)", 3.3, 0.5, None), ("Unrolled GAN (VEEGAN)", 23.6, 16, None),
+               ("VEEGAN", 24.6, 40, None), ("GAN (PacGAN Table 1)", 17.3, 94.8, 0.70), ("PacGAN4", 24.8, 93.6, 0.04)],
+}
+
+
+def run(preset: str, seed: int, extra: list[str], out: Path) -> tuple[dict, float]:
+    from hydra import compose, initialize_config_module
+
+    from gantrain.train import train
+
+    with initialize_config_module("gantrain.conf", version_base=None):
+        cfg = compose("train", overrides=[f"experiment={preset}", f"seed={seed}", "device=cpu", *extra])
+    start = time.perf_counter()
+    train(cfg, out, [])
+    return json.loads((out / "metrics.json").read_text())["metrics"], time.perf_counter() - start
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):6.2f} ± {statistics.stdev(values) if len(values) > 1 else 0:5.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["ring8", "grid25"])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--set", nargs="*", default=[], help="extra train overrides, e.g. epochs=5")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    for preset in args.presets:
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in range(args.seeds):
+                m, seconds = run(preset, seed, args.set, Path(tmp) / str(seed))
+                kl = m["mode_kl"]["value"]  # null in metrics.json when no sample is high quality
+                rows.append((m["modes"]["value"], m["hq_percent"]["value"], float("inf") if kl is None else kl, seconds))
+                print(f"{preset} seed {seed}: modes {rows[-1][0]:.0f}, HQ {rows[-1][1]:.1f}%, KL {rows[-1][2]:.3f}, "
+                      f"{seconds:.0f} s", flush=True)
+        modes, hq, kl, secs = (list(col) for col in zip(*rows))
+        print(f"\n{preset}: {args.seeds} seeds, 2,500 samples each, overrides {args.set or 'none'}")
+        print(f"  {'gantrain ' + preset:<24} modes {mean_std(modes)}   HQ% {mean_std(hq)}   KL {mean_std(kl)}   "
+              f"train {statistics.mean(secs):.0f} s/run")
+        for name, m, h, k in PUBLISHED[preset]:
+            print(f"  {name:<24} modes {m:6.2f}           HQ% {h:6.2f}           KL {'-' if k is None else f'{k:.2f}'}")
+        print()
+
+
+if __name__ == "__main__":
+    main()

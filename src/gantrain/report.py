@@ -1,0 +1,171 @@
+"""gantrain report PATH: one row per job of a run or sweep dir, sorted by a metric; report.csv and report.png."""
+import argparse
+import csv
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gantrain.artifacts import pyplot, read_metrics
+from gantrain.errors import UserError
+from gantrain.runs import job_overrides, read_status
+
+HIGHER_IS_BETTER = {"precision", "recall", "classes_covered", "modes", "hq_percent", "feature_net_accuracy"}
+TRAIN_COLUMNS = ("d_loss", "g_loss", "d_x", "d_g_z")
+
+
+@dataclass
+class Job:
+    run_dir: Path
+    overrides: dict[str, str]
+    status: dict
+    last: dict[str, float] = field(default_factory=dict)  # the final metrics.csv row
+    metrics: dict[str, float] = field(default_factory=dict)  # eval metrics (metrics.json)
+
+
+def find_jobs(path: Path) -> list[Job]:
+    """The run in `path`, or every job dir below a sweep dir (those holding .hydra/)."""
+    dirs = [path] if (path / ".hydra").is_dir() else sorted(
+        (d.parent for d in path.glob("*/.hydra")), key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    jobs = []
+    for d in dirs:
+        overrides = dict(o.lstrip("+~").split("=", 1) for o in job_overrides(d) if "=" in o)
+        job = Job(d, overrides, read_status(d))
+        if (d / "metrics.csv").exists():
+            columns = read_metrics(d / "metrics.csv")
+            job.last = {k: v[-1] for k, v in columns.items() if v}
+        if (d / "metrics.json").exists():
+            import json
+
+            saved = json.loads((d / "metrics.json").read_text())["metrics"]
+            job.metrics = {k: (math.inf if e["value"] is None else e["value"]) for k, e in saved.items()}
+        jobs.append(job)
+    return jobs
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """Override keys whose values differ between jobs, in the order they appear."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+
+
+def sort_key(metric: str):
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    return lambda j: (metric not in j.metrics, sign * j.metrics.get(metric, 0.0))
+
+
+def rows(jobs: list[Job], swept: list[str], metric_names: list[str]) -> list[dict]:
+    out = []
+    for j in jobs:
+        state = j.status.get("state", "unknown") + (f": {j.status['reason']}" if j.status.get("reason") else "")
+        out.append({"job": j.run_dir.name, **{k: j.overrides.get(k, "") for k in swept}, "status": state,
+                    "steps": int(j.last["step"]) if "step" in j.last else "",
+                    **{c: j.last.get(c, "") for c in TRAIN_COLUMNS}, **{m: j.metrics.get(m, "") for m in metric_names}})
+    return out
+
+
+def seed_groups(jobs: list[Job], swept: list[str]) -> dict[tuple, list[Job]]:
+    """Jobs grouped by every swept key but seed (only when seed and something else are swept)."""
+    others = [k for k in swept if k != "seed"]
+    if "seed" not in swept or not others:
+        return {}
+    groups: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        groups.setdefault(tuple(j.overrides.get(k, "") for k in others), []).append(j)
+    return groups
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2g}"
+
+
+def fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def plot(jobs: list[Job], swept: list[str], metric: str | None, path: Path) -> None:
+    """Left: the metric against each swept hyperparameter. Right: every job's g_loss curve."""
+    plt = pyplot()
+    panels = [k for k in swept if metric] or [None]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        if key is None:
+            ax.text(0.5, 0.5, "no eval metric or no swept key", ha="center", va="center")
+            continue
+        points = [(j.overrides.get(key, ""), j.metrics[metric]) for j in jobs if metric in j.metrics]
+        labels = sorted({p[0] for p in points}, key=lambda v: (_num(v) is None, _num(v) or 0, v))
+        ax.scatter([labels.index(p[0]) for p in points], [p[1] for p in points])
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    curves = axes[0][-1]
+    for j in jobs:
+        if (j.run_dir / "metrics.csv").exists():
+            m = read_metrics(j.run_dir / "metrics.csv")
+            curves.plot(m["step"], m["g_loss"], label=j.run_dir.name, alpha=0.8)
+    curves.set_xlabel("step")
+    curves.set_ylabel("g_loss")
+    curves.set_title("every job's g_loss")
+    if len(jobs) <= 12:
+        curves.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _num(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def report_command(argv: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(prog="gantrain report", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="a run dir or a multirun (sweep) dir")
+    parser.add_argument("--metric", default=None, help="sort by this eval metric (default: fd, else modes)")
+    args = parser.parse_args(argv)
+    path = Path(args.path).expanduser()
+    jobs = find_jobs(path) if path.is_dir() else []
+    if not jobs:
+        raise UserError(f"no runs under {path}: pass a run dir (outputs/train/<date>/<time>) or a sweep dir "
+                        f"(outputs/train-multirun/<date>/<time>)")
+    metric_names = list(dict.fromkeys(m for j in jobs for m in j.metrics))
+    metric = args.metric or next((m for m in ("fd", "modes") if m in metric_names), None)
+    if metric and metric not in metric_names:
+        raise UserError(f"no job has metric {metric!r}; choose one of {', '.join(metric_names) or '(none: no eval ran)'}")
+    if metric:
+        jobs.sort(key=sort_key(metric))
+    swept = swept_keys(jobs)
+    table_rows = rows(jobs, swept, metric_names)
+    table = Table(title=f"{path}: {len(jobs)} job(s)" + (f", sorted by {metric}" if metric else ""))
+    for column in table_rows[0]:
+        table.add_column(column)
+    for row in table_rows:
+        table.add_row(*(fmt(v) for v in row.values()))
+    console = Console()
+    console.print(table)
+    groups = seed_groups(jobs, swept)
+    if groups:
+        others = [k for k in swept if k != "seed"]
+        summary = Table(title="mean ± std over seeds")
+        for column in (*others, "seeds", *(["final g_loss"]), *metric_names):
+            summary.add_column(column)
+        for key, members in groups.items():
+            summary.add_row(*key, str(len(members)), mean_std([m.last.get("g_loss") for m in members]),
+                            *(mean_std([m.metrics.get(n) for m in members]) for n in metric_names))
+        console.print(summary)
+    with open(path / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table_rows[0]))
+        writer.writeheader()
+        writer.writerows(table_rows)
+    plot(jobs, swept, metric, path / "report.png")
+    console.print(f"wrote {path / 'report.csv'} and {path / 'report.png'}")
+    return 0
