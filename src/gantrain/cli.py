@@ -20,6 +20,7 @@ COMMANDS = {
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
+    "sweep": "a sweep (Hydra override syntax) trained as one batched model where members allow it",
     "list": "list every model, loss, optimizer, data set and experiment preset",
 }
 USAGE = "usage: gantrain COMMAND [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
@@ -158,16 +159,32 @@ def strip_command_from_comp_line() -> str | None:
     return words[1]
 
 
+def setup_console_logging() -> None:
+    """Bare log lines on stdout, as the Hydra commands print them (each run dir also gets its train.log)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def plain_command(cmd: str, argv: list[str]) -> int:
     """Commands without a Hydra config (argparse or no options); a UserError is one line, exit 1."""
     if cmd == "list":
         from gantrain.listing import list_command as run
+    elif cmd == "sweep":
+        from gantrain.sweep import sweep_command as run
+
+        setup_console_logging()
     else:
         from gantrain.report import report_command as run
     try:
         return run(argv)
-    except UserError as e:
-        print(f"gantrain {cmd}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        line = error_line(e)
+        if line is None or SHOW_TRACEBACKS:
+            raise
+        print(f"gantrain {cmd}: error: {line}", file=sys.stderr)
         return 1
 
 
@@ -185,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     elif argv[0] not in COMMANDS:
         print(f"gantrain: unknown command '{argv[0]}'\n{USAGE}", file=sys.stderr)
         return 2
-    elif argv[0] in ("list", "report"):  # these need no config, so no Hydra app
+    elif argv[0] in ("list", "report", "sweep"):  # these compose configs themselves, or need none
         return plain_command(argv[0], argv[1:])
     else:
         cmd, rest = argv[0], argv[1:]

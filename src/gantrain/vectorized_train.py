@@ -1,0 +1,132 @@
+"""The loop of a batched sweep: K members stepped together, each with its own data order, noise, log,
+samples, checkpoints, metrics and status, written exactly as a standalone run writes them."""
+import logging
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from gantrain import artifacts
+from gantrain.checkpoint import load_weights, save_checkpoint
+from gantrain.config import check_train_config, kwargs_of, pick_device
+from gantrain.data import load_data
+from gantrain.registry import lookup
+from gantrain.runs import write_status
+from gantrain.sweep import free_bytes, member_bytes
+from gantrain.tracking import NoTracker
+from gantrain.train import (N_FIXED, STATS, Parts, Where, build_networks, build_optimizer, checkpoint_state,
+                            epoch_order, evaluate_and_keep_best, has_batch_statistics, log_stats)
+from gantrain.vectorized import VectorizedGAN
+
+log = logging.getLogger("gantrain")
+
+
+def train_batched(configs, dirs: list[Path]) -> None:
+    """Train members that differ only in batchable values, in chunks that fit the device's free memory."""
+    for cfg in configs:
+        check_train_config(cfg)
+    device = pick_device(configs[0].device)
+    data = load_data(configs[0].data.name, **kwargs_of(configs[0].data, paths=("root",))).to(device)
+    G, D = build_networks(configs[0], data.shape)
+    per_member = member_bytes(configs[0], data.shape, sum(p.numel() for p in [*G.parameters(), *D.parameters()]))
+    k_max = max(1, int(0.5 * free_bytes(device) / per_member))
+    log.info(f"memory: {free_bytes(device) / 2**30:.1f} GiB free on {device}, ~{per_member / 2**20:.1f} MiB per "
+             f"member: up to {k_max} members per batch")
+    for start in range(0, len(configs), k_max):
+        train_chunk(configs[start:start + k_max], dirs[start:start + k_max], data, device)
+
+
+def member_parts(model: VectorizedGAN, k: int, cfg, data, gen, device) -> Parts:
+    """Member k as a standalone run's Parts (real modules and torch optimizers), for checkpoints and eval."""
+    G, D = (net.to(device) for net in build_networks(cfg, data.shape))
+    g_state, d_state, ema_state = model.member_weights(k)
+    load_weights(G, g_state)
+    load_weights(D, d_state)
+    G_ema = None
+    if ema_state is not None and cfg.ema_decay > 0:
+        G_ema = build_networks(cfg, data.shape)[0].to(device).requires_grad_(False)
+        load_weights(G_ema, ema_state)
+    opt_g, opt_d = (build_optimizer(cfg.optim, net, cfg.trainer.fast) for net in (G, D))
+    model.member_optimizer_state(k, "g", G, opt_g)
+    model.member_optimizer_state(k, "d", D, opt_d)
+    return Parts(G, D, G_ema, opt_g, opt_d, None, data, 0, gen, device)
+
+
+def train_chunk(configs, dirs: list[Path], data, device) -> None:
+    K, cfg0 = len(configs), configs[0]
+    B, L = cfg0.batch_size, cfg0.latent_size
+    Gs, Ds = [], []
+    for cfg in configs:  # each member's initial weights from its own seed, as its standalone run draws them
+        torch.manual_seed(cfg.seed)
+        G, D = build_networks(cfg, data.shape)
+        Gs.append(G.to(device))
+        Ds.append(D.to(device))
+    assert not has_batch_statistics(Gs[0]) and not has_batch_statistics(Ds[0])
+    hyper = {name: [getattr(c.optim, key, default) if key != "betas" else c.optim.get("betas", [0.9, 0.999])[j]
+                    for c in configs]
+             for name, key, default, j in (("lr", "lr", 1e-3, 0), ("beta1", "betas", None, 0), ("beta2", "betas", None, 1),
+                                          ("eps", "eps", 1e-8, 0), ("weight_decay", "weight_decay", 0.0, 0))}
+    model = VectorizedGAN(Gs, Ds, lookup("loss", cfg0.loss.name)(**kwargs_of(cfg0.loss)), hyper,
+                          [c.ema_decay for c in configs])
+    gens = [torch.Generator(device).manual_seed(c.seed) for c in configs]
+    steps_per_epoch = len(data) // B
+    fixed_z = [torch.randn(N_FIXED["points" if data.x.dim() == 2 else "image"], L,
+                           generator=torch.Generator().manual_seed(c.seed)).to(device) for c in configs]
+    csvs = [artifacts.open_metrics(d / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS)) for d in dirs]
+    alive, scores, best = [True] * K, [None] * K, [None] * K
+    for d in dirs:
+        write_status(d, "running")
+        artifacts.save_real_images(data, d / "real_images.png")
+    history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)
+    where = Where(0, 0, 0, None)
+    log.info(f"batched training of {K} members: {steps_per_epoch} steps/epoch, epochs 1..{cfg0.epochs}")
+    while where.epoch < cfg0.epochs:
+        orders = torch.stack([epoch_order(data, g) for g in gens])  # (K, N): each member's own data order
+        for i in range(steps_per_epoch):
+            real = data.x[orders[:, i * B:(i + 1) * B]]  # (K, B, ...)
+            z = torch.stack([torch.randn(2, B, L, generator=g, device=device) for g in gens])  # (K, 2, B, L)
+            history[:, i] = model.step(real, z)
+            where.step, where.position = where.step + 1, i + 1
+            if where.step % cfg0.log_every == 0:
+                check_members(history[:, :i + 1], where, dirs, alive)
+                for k in range(K):
+                    if alive[k]:
+                        log_stats(where, configs[k], steps_per_epoch, history[k, i], csvs[k], 0, NoTracker())
+        check_members(history, where, dirs, alive)
+        where.epoch, where.position = where.epoch + 1, 0
+        last = where.epoch == cfg0.epochs
+        for k in (k for k in range(K) if alive[k]):
+            cfg, d = configs[k], dirs[k]
+            sample = last or (cfg.sample_every > 0 and where.epoch % cfg.sample_every == 0)
+            keep = last or (cfg.ckpt_every > 0 and where.epoch % cfg.ckpt_every == 0)
+            evaluate = cfg.eval.enabled and (last or (cfg.eval_every > 0 and where.epoch % cfg.eval_every == 0))
+            if not (sample or keep or evaluate):
+                continue
+            parts = member_parts(model, k, cfg, data, gens[k], device)
+            if sample:
+                artifacts.save_samples(parts.G_ema or parts.G, fixed_z[k], None, d / "samples" / f"epoch_{where.epoch:04d}.png",
+                                       data.x[:len(fixed_z[k])] if data.x.dim() == 2 else None)
+            state = checkpoint_state(cfg, parts, where)
+            if keep:
+                save_checkpoint(d / "checkpoints" / "last.pt", state)
+            if evaluate:
+                scores[k], best[k] = evaluate_and_keep_best(cfg, parts, d, where, state, best[k], NoTracker())
+    for k, d in enumerate(dirs):
+        csvs[k].close()
+        artifacts.plot_curves(d / "metrics.csv", d / "curves.png")
+        if alive[k]:
+            write_status(d, "done", **({} if scores[k] is None else {"metric": scores[k]}))
+
+
+def check_members(history: torch.Tensor, where: Where, dirs: list[Path], alive: list[bool]) -> None:
+    """A member whose loss went NaN/Inf is stopped and marked failed; the others go on."""
+    bad = ~torch.isfinite(history[:, :, :2]).all(dim=2)  # (K, steps so far)
+    for k in bad.any(dim=1).nonzero().flatten().tolist():
+        if alive[k]:
+            alive[k] = False
+            i = int(bad[k].nonzero()[0])
+            step = where.step - where.position + i + 1
+            reason = f"loss became non-finite at step {step}; last good checkpoint: {dirs[k] / 'checkpoints' / 'last.pt'}"
+            write_status(dirs[k], "failed", reason=reason)
+            log.error(f"member {dirs[k].name} stopped: {reason}")
