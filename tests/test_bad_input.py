@@ -8,19 +8,9 @@ import pickle
 import pytest
 import torch
 
-from conftest import run_cli, write_mnist
+from conftest import Evil, run_cli, write_mnist
 from gantrain.checkpoint import load_checkpoint, save_checkpoint
 from gantrain.train import train
-
-
-class Evil:
-    """Unpickling this runs code that creates a marker file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_the_evil_pickle_really_runs_code_when_unpickled_unsafely(tmp_path):

@@ -1,0 +1,109 @@
+"""Sweep speed: K reference runs trained one after another vs. as one batched model (gantrain sweep).
+
+    python benchmarks/bench_sweep.py                   # CPU, K=8, 100 steps per member
+    python benchmarks/bench_sweep.py --device cuda --members 64 --steps 2000
+
+Both paths build their members from the real config (the reference MLP GAN on the bundled MNIST sample,
+each member its own learning rate and seed) and run the code `gantrain train` and `gantrain sweep` run.
+Prints model-steps/s of each (members x steps / seconds) and the ratio.
+"""
+import argparse
+import time
+
+import torch
+
+
+def configs(k: int, device: str, batch_size: int):
+    from gantrain.sweep import compose_job
+
+    lrs = [1e-4 * (1 + j % 4) for j in range(k)]
+    cfgs = [compose_job([f"optim.lr={lr}", f"seed={j}", f"device={device}", f"batch_size={batch_size}"])
+            for j, lr in enumerate(lrs)]
+    for cfg in cfgs:
+        with __import__("omegaconf").open_dict(cfg):
+            del cfg["hydra"]
+    return cfgs
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sequential(cfgs, steps: int, warmup: int) -> float:
+    from gantrain.train import batches, build_parts, epoch_order
+
+    seconds = 0.0
+    for cfg in cfgs:
+        parts = build_parts(cfg)
+        loop = (inputs for _ in iter(int, 1) for _, inputs in batches(
+            parts.data, epoch_order(parts.data, parts.gen), cfg.batch_size, cfg.latent_size, 1, 0, parts.gen))
+        for _ in range(warmup):
+            parts.step(*next(loop))
+        sync(parts.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = parts.step(*next(loop))
+        out.tolist()
+        sync(parts.device)
+        seconds += time.perf_counter() - start
+    return len(cfgs) * steps / seconds
+
+
+def vectorized(cfgs, steps: int, warmup: int) -> float:
+    from gantrain.config import kwargs_of, pick_device
+    from gantrain.data import load_data
+    from gantrain.registry import lookup
+    from gantrain.train import build_networks, epoch_order
+    from gantrain.vectorized import VectorizedGAN
+
+    device = pick_device(cfgs[0].device)
+    data = load_data(cfgs[0].data.name, **kwargs_of(cfgs[0].data)).to(device)
+    nets = []
+    for cfg in cfgs:
+        torch.manual_seed(cfg.seed)
+        nets.append([n.to(device) for n in build_networks(cfg, data.shape)])
+    hyper = dict(lr=[c.optim.lr for c in cfgs], beta1=[c.optim.betas[0] for c in cfgs],
+                 beta2=[c.optim.betas[1] for c in cfgs], eps=[1e-8] * len(cfgs), weight_decay=[0.0] * len(cfgs))
+    model = VectorizedGAN([g for g, _ in nets], [d for _, d in nets], lookup("loss", "bce")(), hyper, [0.0] * len(cfgs))
+    gens = [torch.Generator(device).manual_seed(c.seed) for c in cfgs]
+    B, L, per_epoch = cfgs[0].batch_size, cfgs[0].latent_size, len(data) // cfgs[0].batch_size
+    orders = torch.stack([epoch_order(data, g) for g in gens])
+
+    def one(i: int):
+        i %= per_epoch
+        real = data.x[orders[:, i * B:(i + 1) * B]]
+        z = torch.stack([torch.randn(2, B, L, generator=g, device=device) for g in gens])
+        return model.step(real, z)
+
+    for i in range(warmup):
+        one(i)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        out = one(i)
+    out.tolist()
+    sync(device)
+    return len(cfgs) * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per member")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=100)
+    args = parser.parse_args()
+    cfgs = configs(args.members, args.device, args.batch_size)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}: {args.members} "
+          f"members of the reference MLP GAN, {args.steps} steps each after {args.warmup} warm-up")
+    seq = sequential(cfgs, args.steps, args.warmup)
+    print(f"sequential : {seq:9.1f} model-steps/s")
+    vec = vectorized(cfgs, args.steps, args.warmup)
+    print(f"vectorized : {vec:9.1f} model-steps/s")
+    print(f"ratio      : {vec / seq:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
