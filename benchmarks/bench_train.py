@@ -85,7 +85,7 @@ def gantrain_steps(root: Path, args):
     """gantrain's own step and batching, built from the real config exactly as `gantrain train` builds them."""
     from hydra import compose, initialize_config_module
 
-    from gantrain.train import batches, build_parts
+    from gantrain.train import batches, build_parts, epoch_order
 
     overrides = [f"device={args.device}", f"batch_size={args.batch_size}", f"model={args.model}",
                  "data=mnist", f"data.root={root}", *args.set]
@@ -93,8 +93,10 @@ def gantrain_steps(root: Path, args):
         cfg = compose("train", overrides=overrides)
     parts = build_parts(cfg)
     while True:
-        for _, real, z in batches(parts.data, cfg.batch_size, cfg.latent_size, parts.gen):
-            yield parts.step(real, z[0], z[1])
+        order = epoch_order(parts.data, parts.gen)
+        for _, inputs in batches(parts.data, order, cfg.batch_size, cfg.latent_size, cfg.n_critic,
+                                 parts.num_classes, parts.gen):
+            yield parts.step(*inputs)
 
 
 def timed(steps, n: int, device: torch.device) -> float:
