@@ -93,3 +93,35 @@ def test_a_member_samples_and_resumes_like_a_normal_run(cwd):
     resumed = run_cli("train", f"resume={ckpt}", "epochs=3", "hydra.run.dir=more", cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(cwd / "more" / "checkpoints" / "last.pt")["step"] == 30
+
+
+def test_a_killed_batched_sweep_resumes_per_member_with_resume_auto(cwd):
+    import subprocess
+    import sys
+    import time
+
+    write_mnist(cwd / "data2", n=2000)  # 200 steps per epoch: long enough to be killed part-way
+    args = ["sweep", "seed=0,1", "resume=auto", "epochs=3", "data=mnist", "data.root=data2", "batch_size=10",
+            "hidden_size=64", "eval.enabled=false", "device=cpu", "log_every=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "gantrain", *args, "hydra.sweep.dir=first"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill -9 once both members hold an epoch-1 (or later) checkpoint
+        if all((cwd / "first" / j / "checkpoints" / "last.pt").exists() for j in "01"):
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    epochs = [load_checkpoint(cwd / "first" / j / "checkpoints" / "last.pt")["epoch"] for j in "01"]
+    assert min(epochs) < 3  # it was killed before the end
+    again = run_cli(*args, "hydra.sweep.dir=second", cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout
+    straight = run_cli(*[a for a in args if a != "resume=auto"], "hydra.sweep.dir=straight", cwd=cwd)
+    assert straight.returncode == 0, straight.stderr
+    for j in "01":
+        a, b = (load_checkpoint(cwd / d / j / "checkpoints" / "last.pt") for d in ("second", "straight"))
+        assert a["step"] == b["step"] == 600
+        assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]), j
+    third = run_cli(*args, "hydra.sweep.dir=third", cwd=cwd)  # everything finished: nothing re-runs
+    assert third.returncode == 0 and third.stdout.count("already finished") == 2

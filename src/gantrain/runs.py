@@ -42,13 +42,16 @@ def identity(overrides: list[str]) -> list[str]:
 
 
 def previous_run(run_dir: Path, overrides: list[str], multirun: bool) -> Path | None:
-    """The newest earlier run dir of the same job, beside this one (outputs/train*/<date>/<time>[/<num>])."""
-    depth = 3 if multirun else 2
-    base = run_dir.parents[depth - 1]
-    pattern = "/".join(["*"] * depth) + "/.hydra/overrides.yaml"
-    me = identity(overrides)
-    same = [p.parent.parent for p in base.glob(pattern)
-            if p.parent.parent.resolve() != run_dir.resolve() and identity(job_overrides(p.parent.parent)) == me]
+    """The newest earlier run dir of the same job beside this one: in the default layout
+    (outputs/train*/<date>/<time>[/<num>]) or one level up (a hydra.sweep.dir / hydra.run.dir of one name)."""
+    run_dir = run_dir.absolute()
+    me, found = identity(overrides), set()
+    for depth in ((2, 3) if multirun else (1, 2)):
+        if len(run_dir.parents) < depth:
+            continue
+        pattern = "/".join(["*"] * depth) + "/.hydra/overrides.yaml"
+        found |= {p.parent.parent.resolve() for p in run_dir.parents[depth - 1].glob(pattern)}
+    same = [d for d in found if d != run_dir.resolve() and identity(job_overrides(d)) == me]
     return max(same, key=lambda d: (d / ".hydra").stat().st_mtime) if same else None
 
 

@@ -130,11 +130,28 @@ def sweep_command(argv: list[str]) -> int:
         else:
             from gantrain.vectorized_train import train_batched
 
-            train_batched([configs[i] for i in members], [dirs[i] for i in members])
+            batch = [i for i in members if not previous_result(configs[i], dirs[i], jobs[i])]
+            if batch:
+                train_batched([configs[i] for i in batch], [dirs[i] for i in batch], [jobs[i] for i in batch])
     states = [json.loads((d / "status.json").read_text())["state"] for d in dirs]
     log.info(f"sweep done: {states.count('done')} done, {states.count('failed')} failed; "
              f"gantrain report {root}")
     return 0
+
+
+def previous_result(cfg, run_dir: Path, overrides: list[str]) -> bool:
+    """resume=auto for a batched member: True if an earlier run of it finished (its results are adopted)."""
+    from gantrain.runs import adopt, previous_run, read_status, write_status
+
+    if cfg.resume != "auto":
+        return False
+    previous = previous_run(run_dir, overrides, multirun=True)
+    if previous is None or read_status(previous).get("state") != "done":
+        return False
+    adopt(previous, run_dir)
+    write_status(run_dir, "done", **{k: v for k, v in read_status(previous).items() if k == "metric"})
+    log.info(f"job {run_dir.name}: already finished in {previous}; its results are linked here")
+    return True
 
 
 def run_alone(cfg, run_dir: Path, overrides: list[str]) -> None:

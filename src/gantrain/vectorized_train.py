@@ -10,6 +10,7 @@ import torch
 from gantrain import artifacts
 from gantrain.checkpoint import load_weights, save_checkpoint
 from gantrain.config import check_train_config, kwargs_of, pick_device
+from gantrain.errors import UserError
 from gantrain.data import load_data
 from gantrain.registry import lookup
 from gantrain.runs import write_status
@@ -22,10 +23,32 @@ from gantrain.vectorized import VectorizedGAN
 log = logging.getLogger("gantrain")
 
 
-def train_batched(configs, dirs: list[Path]) -> None:
-    """Train members that differ only in batchable values, in chunks that fit the device's free memory."""
+def resumable(cfg, run_dir: Path, overrides: list[str]) -> dict | None:
+    """resume=auto (or resume=PATH): the checkpoint this member continues from, if it ends an epoch."""
+    from gantrain.checkpoint import load_checkpoint
+    from gantrain.runs import carry_metrics, previous_run
+
+    if not cfg.resume:
+        return None
+    previous = previous_run(run_dir, overrides, multirun=True) if cfg.resume == "auto" else None
+    path = previous / "checkpoints" / "last.pt" if previous else (None if cfg.resume == "auto" else Path(cfg.resume))
+    if path is None or not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("position"):
+        raise UserError(f"{path} was saved mid-epoch: resume it alone with gantrain train resume={path}")
+    if previous:
+        carry_metrics(previous, run_dir, ckpt["step"])
+    log.info(f"job {run_dir.name}: resuming from {path} (epoch {ckpt['epoch']})")
+    return ckpt
+
+
+def train_batched(configs, dirs: list[Path], overrides: list[list[str]]) -> None:
+    """Train members that differ only in batchable values, in chunks that fit the device's free memory;
+    members resuming from checkpoints of different epochs go in different chunks."""
     for cfg in configs:
         check_train_config(cfg)
+    ckpts = [resumable(cfg, d, o) for cfg, d, o in zip(configs, dirs, overrides)]
     device = pick_device(configs[0].device)
     data = load_data(configs[0].data.name, **kwargs_of(configs[0].data, paths=("root",))).to(device)
     G, D = build_networks(configs[0], data.shape)
@@ -33,8 +56,13 @@ def train_batched(configs, dirs: list[Path]) -> None:
     k_max = max(1, int(0.5 * free_bytes(device) / per_member))
     log.info(f"memory: {free_bytes(device) / 2**30:.1f} GiB free on {device}, ~{per_member / 2**20:.1f} MiB per "
              f"member: up to {k_max} members per batch")
-    for start in range(0, len(configs), k_max):
-        train_chunk(configs[start:start + k_max], dirs[start:start + k_max], data, device)
+    by_epoch: dict[int, list[int]] = {}
+    for k, ckpt in enumerate(ckpts):
+        by_epoch.setdefault(ckpt["epoch"] if ckpt else 0, []).append(k)
+    for members in by_epoch.values():
+        for start in range(0, len(members), k_max):
+            chunk = members[start:start + k_max]
+            train_chunk([configs[k] for k in chunk], [dirs[k] for k in chunk], data, device, [ckpts[k] for k in chunk])
 
 
 def member_parts(model: VectorizedGAN, k: int, cfg, data, gen, device) -> Parts:
@@ -53,13 +81,16 @@ def member_parts(model: VectorizedGAN, k: int, cfg, data, gen, device) -> Parts:
     return Parts(G, D, G_ema, opt_g, opt_d, None, data, 0, gen, device)
 
 
-def train_chunk(configs, dirs: list[Path], data, device) -> None:
+def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None]) -> None:
     K, cfg0 = len(configs), configs[0]
     B, L = cfg0.batch_size, cfg0.latent_size
     Gs, Ds = [], []
-    for cfg in configs:  # each member's initial weights from its own seed, as its standalone run draws them
+    for cfg, ckpt in zip(configs, ckpts):  # each member's initial weights from its own seed, as standalone
         torch.manual_seed(cfg.seed)
         G, D = build_networks(cfg, data.shape)
+        if ckpt:
+            load_weights(G, ckpt["G"])
+            load_weights(D, ckpt["D"])
         Gs.append(G.to(device))
         Ds.append(D.to(device))
     assert not has_batch_statistics(Gs[0]) and not has_batch_statistics(Ds[0])
@@ -70,6 +101,11 @@ def train_chunk(configs, dirs: list[Path], data, device) -> None:
     model = VectorizedGAN(Gs, Ds, lookup("loss", cfg0.loss.name)(**kwargs_of(cfg0.loss)), hyper,
                           [c.ema_decay for c in configs])
     gens = [torch.Generator(device).manual_seed(c.seed) for c in configs]
+    where = Where(0, 0, 0, None)
+    for k, ckpt in enumerate(ckpts):
+        if ckpt:
+            restore_member(model, k, ckpt, gens[k])
+            where = Where(ckpt["epoch"], ckpt["step"], 0, None)
     steps_per_epoch = len(data) // B
     fixed_z = [torch.randn(N_FIXED["points" if data.x.dim() == 2 else "image"], L,
                            generator=torch.Generator().manual_seed(c.seed)).to(device) for c in configs]
@@ -79,7 +115,6 @@ def train_chunk(configs, dirs: list[Path], data, device) -> None:
         write_status(d, "running")
         artifacts.save_real_images(data, d / "real_images.png")
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)
-    where = Where(0, 0, 0, None)
     log.info(f"batched training of {K} members: {steps_per_epoch} steps/epoch, epochs 1..{cfg0.epochs}")
     while where.epoch < cfg0.epochs:
         orders = torch.stack([epoch_order(data, g) for g in gens])  # (K, N): each member's own data order
@@ -117,6 +152,21 @@ def train_chunk(configs, dirs: list[Path], data, device) -> None:
         artifacts.plot_curves(d / "metrics.csv", d / "curves.png")
         if alive[k]:
             write_status(d, "done", **({} if scores[k] is None else {"metric": scores[k]}))
+
+
+def restore_member(model: VectorizedGAN, k: int, ckpt: dict, gen: torch.Generator) -> None:
+    """Member k's Adam moments, step count, EMA and data-order/noise state from its checkpoint."""
+    from gantrain.checkpoint import set_rng_state
+
+    for stacked, saved in ((model.opt_g, ckpt["opt_g"]), (model.opt_d, ckpt["opt_d"])):
+        for j, (m, v) in enumerate(zip(stacked.exp_avg, stacked.exp_avg_sq)):
+            state = saved["state"][j]
+            m[k], v[k] = state["exp_avg"], state["exp_avg_sq"]
+            stacked.t = int(state["step"])
+    if model.ema is not None and ckpt.get("G_ema") is not None:
+        for name in model.ema:
+            model.ema[name][k] = ckpt["G_ema"][name]
+    set_rng_state(gen, ckpt["rng"])
 
 
 def check_members(history: torch.Tensor, where: Where, dirs: list[Path], alive: list[bool]) -> None:
