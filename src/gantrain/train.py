@@ -359,16 +359,26 @@ def can_evaluate(cfg, data: TensorData) -> bool:
     return True
 
 
+def due(every: int, epoch: int, last: bool) -> bool:
+    """Whether an every-N-epochs task runs after `epoch` (always after the last; every=0 means only then)."""
+    return last or (every > 0 and epoch % every == 0)
+
+
+def fixed_latents(cfg, data: TensorData, device) -> torch.Tensor:
+    """The fixed latent batch behind samples/epoch_NNNN.png (drawn on the CPU from the seed: any device)."""
+    n = N_FIXED["points" if data.x.dim() == 2 else "image"]
+    return torch.randn(n, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+
+
 def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
     """The training loop: epochs of index-sliced batches, logging, samples, checkpoints, stop on signals."""
     from tqdm import tqdm
 
     data, device = parts.data, parts.device
     steps_per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)  # a last partial batch is dropped
-    n_fixed = N_FIXED["points" if data.x.dim() == 2 else "image"]
-    fixed_z = torch.randn(n_fixed, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-    fixed_y = torch.arange(n_fixed, device=device) % parts.num_classes if parts.num_classes else None  # class per column
-    real_points = data.x[:n_fixed] if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
+    fixed_z = fixed_latents(cfg, data, device)
+    fixed_y = torch.arange(len(fixed_z), device=device) % parts.num_classes if parts.num_classes else None
+    real_points = data.x[:len(fixed_z)] if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
     ckpt_path, last_ckpt = run_dir / "checkpoints" / "last.pt", str(user_path(cfg.resume)) if cfg.resume else "none yet"
     artifacts.save_real_images(data, run_dir / "real_images.png")
     csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
@@ -401,15 +411,15 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
                 check_finite(history, where.step - steps_per_epoch + 1, last_ckpt)  # before anything is saved
             where.epoch, where.position, where.order = where.epoch + 1, 0, None
             last = where.epoch == cfg.epochs
-            if last or (cfg.sample_every > 0 and where.epoch % cfg.sample_every == 0):
+            if due(cfg.sample_every, where.epoch, last):
                 png = run_dir / "samples" / f"epoch_{where.epoch:04d}.png"
                 artifacts.save_samples(parts.G_ema or parts.G, fixed_z, fixed_y, png, real_points)
                 tracker.image("samples", png, where.epoch)
             state = checkpoint_state(cfg, parts, where)
-            if last or (cfg.ckpt_every > 0 and where.epoch % cfg.ckpt_every == 0):
+            if due(cfg.ckpt_every, where.epoch, last):
                 save_checkpoint(ckpt_path, state)
                 last_ckpt = f"{ckpt_path} (epoch {where.epoch})"
-            if evaluating and (last or (cfg.eval_every > 0 and where.epoch % cfg.eval_every == 0)):
+            if evaluating and due(cfg.eval_every, where.epoch, last):
                 score, best = evaluate_and_keep_best(cfg, parts, run_dir, where, state, best, tracker)
     tracker.close()
     artifacts.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")

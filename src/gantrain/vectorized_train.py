@@ -16,8 +16,8 @@ from gantrain.registry import lookup
 from gantrain.runs import write_status
 from gantrain.sweep import free_bytes, member_bytes
 from gantrain.tracking import NoTracker
-from gantrain.train import (N_FIXED, STATS, Parts, Where, build_networks, build_optimizer, checkpoint_state,
-                            epoch_order, evaluate_and_keep_best, has_batch_statistics, log_stats)
+from gantrain.train import (STATS, Parts, Where, build_networks, build_optimizer, checkpoint_state, due,
+                            epoch_order, evaluate_and_keep_best, fixed_latents, has_batch_statistics, log_stats)
 from gantrain.vectorized import VectorizedGAN
 
 log = logging.getLogger("gantrain")
@@ -107,8 +107,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
             restore_member(model, k, ckpt, gens[k])
             where = Where(ckpt["epoch"], ckpt["step"], 0, None)
     steps_per_epoch = len(data) // B
-    fixed_z = [torch.randn(N_FIXED["points" if data.x.dim() == 2 else "image"], L,
-                           generator=torch.Generator().manual_seed(c.seed)).to(device) for c in configs]
+    fixed_z = [fixed_latents(c, data, device) for c in configs]
     csvs = [artifacts.open_metrics(d / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS)) for d in dirs]
     alive, scores, best = [True] * K, [None] * K, [None] * K
     for d in dirs:
@@ -133,9 +132,8 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
         last = where.epoch == cfg0.epochs
         for k in (k for k in range(K) if alive[k]):
             cfg, d = configs[k], dirs[k]
-            sample = last or (cfg.sample_every > 0 and where.epoch % cfg.sample_every == 0)
-            keep = last or (cfg.ckpt_every > 0 and where.epoch % cfg.ckpt_every == 0)
-            evaluate = cfg.eval.enabled and (last or (cfg.eval_every > 0 and where.epoch % cfg.eval_every == 0))
+            sample, keep = due(cfg.sample_every, where.epoch, last), due(cfg.ckpt_every, where.epoch, last)
+            evaluate = cfg.eval.enabled and due(cfg.eval_every, where.epoch, last)
             if not (sample or keep or evaluate):
                 continue
             parts = member_parts(model, k, cfg, data, gens[k], device)
