@@ -72,6 +72,18 @@ def base_cfg(mnist_root):
         return compose("train", overrides=[*TINY, "data=mnist", f"data.root={mnist_root}"])
 
 
+@pytest.fixture(scope="module")
+def one_epoch_ckpt(base_cfg, tmp_path_factory) -> Path:
+    """checkpoints/last.pt of a tiny one-epoch run (in-process), shared by a test module."""
+    from gantrain.train import train
+
+    cfg = copy.deepcopy(base_cfg)
+    cfg.epochs = 1
+    run_dir = tmp_path_factory.mktemp("run")
+    train(cfg, run_dir, [])
+    return run_dir / "checkpoints" / "last.pt"
+
+
 @pytest.fixture
 def cfg(base_cfg):
     """A private copy of the tiny config that a test may change."""

@@ -1,27 +1,19 @@
 """gantrain sample through the real CLI, from a checkpoint moved away from its run."""
-import copy
 import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import only_run_dir, run_cli
-from gantrain.checkpoint import load_checkpoint
-from gantrain.train import train
 
 
 @pytest.fixture(scope="module")
-def moved_ckpt(base_cfg, tmp_path_factory):
+def moved_ckpt(one_epoch_ckpt, tmp_path_factory):
     """A tiny run's last.pt, moved to a folder with nothing else in it (the run dir is deleted)."""
-    cfg = copy.deepcopy(base_cfg)
-    cfg.epochs = 1
-    run_dir = tmp_path_factory.mktemp("run")
-    train(cfg, run_dir, [])
     moved = tmp_path_factory.mktemp("elsewhere") / "model.pt"
-    shutil.move(run_dir / "checkpoints" / "last.pt", moved)
-    shutil.rmtree(run_dir)
+    shutil.move(one_epoch_ckpt, moved)
+    shutil.rmtree(one_epoch_ckpt.parent.parent)
     return moved
 
 

@@ -11,14 +11,12 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from gantrain.errors import UserError
 
 log = logging.getLogger("gantrain")
 # values that may differ inside one batched model: they change no tensor shape and no code path
@@ -105,7 +103,6 @@ def write_job_dir(run_dir: Path, cfg, overrides: list[str]) -> None:
 
 
 def sweep_command(argv: list[str]) -> int:
-    from gantrain.runs import write_status
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

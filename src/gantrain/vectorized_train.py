@@ -1,8 +1,6 @@
 """The loop of a batched sweep: K members stepped together, each with its own data order, noise, log,
 samples, checkpoints, metrics and status, written exactly as a standalone run writes them."""
 import logging
-import math
-import sys
 from pathlib import Path
 
 import torch
