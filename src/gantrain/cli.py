@@ -44,24 +44,30 @@ def os_error_line(e: OSError) -> str:
             f"another folder (hydra.run.dir=DIR); files already written are kept")
 
 
+def print_error(cmd: str, e: Exception) -> bool:
+    """Print a user's mistake as one line on stderr; False for a bug or under HYDRA_FULL_ERROR=1, which the
+    caller then re-raises so its traceback shows."""
+    line = error_line(e)
+    if SHOW_TRACEBACKS or line is None:
+        return False
+    print(f"gantrain {cmd}: error: " + line.replace("{cmd}", cmd), file=sys.stderr)
+    return True
+
+
 def one_line_errors(task):
     """Run a command's task; a user's mistake becomes one line on stderr and exit status 1, not a traceback."""
     try:
         return task()
     except Exception as e:
-        line = error_line(e)
-        if SHOW_TRACEBACKS or line is None:
+        if not print_error(HydraConfig.get().job.name, e):
             raise
-        print(f"gantrain {HydraConfig.get().job.name}: error: {line}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
-def run_job(task, run_dir: Path):
-    """A training job with its status.json kept up to date. In a sweep a failed job is recorded and the
-    others go on; alone, its error ends the command (as one line, see one_line_errors)."""
+def run_job(task, run_dir: Path, keep_going: bool, name: str):
+    """A training job with its status.json kept up to date. With keep_going (a job of a sweep) a failed job
+    is recorded and logged, and the others go on; else its error ends the command (see one_line_errors)."""
     import logging
-
-    from hydra.types import RunMode
 
     from gantrain.runs import write_status
 
@@ -74,10 +80,9 @@ def run_job(task, run_dir: Path):
     except Exception as e:
         line = error_line(e)
         write_status(run_dir, "failed", reason=line or f"{type(e).__name__}: {e}")
-        if HydraConfig.get().mode != RunMode.MULTIRUN or SHOW_TRACEBACKS:
+        if not keep_going or SHOW_TRACEBACKS:
             raise
-        logging.getLogger("gantrain").error(f"job {HydraConfig.get().job.num} failed: {line or repr(e)}",
-                                            exc_info=line is None)
+        logging.getLogger("gantrain").error(f"job {name} failed: {line or repr(e)}", exc_info=line is None)
         return None
     write_status(run_dir, "done", **({} if result is None else {"metric": result}))
     return result
@@ -95,7 +100,8 @@ def train_app(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         launcher_settings(cfg, hc)
-    return one_line_errors(lambda: run_job(lambda: train(cfg, run_dir, overrides, multirun), run_dir))
+    return one_line_errors(lambda: run_job(lambda: train(cfg, run_dir, overrides, multirun), run_dir,
+                                           keep_going=multirun, name=str(hc.job.get("num"))))
 
 
 @hydra.main(config_path=CONF, config_name="sample", version_base=None)
@@ -181,10 +187,8 @@ def plain_command(cmd: str, argv: list[str]) -> int:
     try:
         return run(argv)
     except Exception as e:
-        line = error_line(e)
-        if line is None or SHOW_TRACEBACKS:
+        if not print_error(cmd, e):
             raise
-        print(f"gantrain {cmd}: error: {line}", file=sys.stderr)
         return 1
 
 
@@ -219,10 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gantrain {cmd}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # raised while Hydra composes the config or makes the run dir, before a task runs
-        line = error_line(e)
-        if SHOW_TRACEBACKS or line is None:
+        if not print_error(cmd, e):
             raise
-        print(f"gantrain {cmd}: error: " + line.replace("{cmd}", cmd), file=sys.stderr)
         return 1
     return 0
 

@@ -15,7 +15,6 @@ from gantrain.errors import UserError
 
 log = logging.getLogger("gantrain")
 PROTOCOL_POINTS = 2500  # the PacGAN / VEEGAN tables count modes on 2,500 samples
-LOWER_IS_BETTER = {"fd": True, "kid": True}
 
 
 @torch.no_grad()

@@ -129,7 +129,7 @@ def sweep_command(argv: list[str]) -> int:
 
             batch = [i for i in members if not previous_result(configs[i], dirs[i], jobs[i])]
             if batch:
-                train_batched([configs[i] for i in batch], [dirs[i] for i in batch], [jobs[i] for i in batch])
+                train_batched([configs[i] for i in batch], [dirs[i] for i in batch])
     states = [json.loads((d / "status.json").read_text())["state"] for d in dirs]
     log.info(f"sweep done: {states.count('done')} done, {states.count('failed')} failed; "
              f"gantrain report {root}")
@@ -137,32 +137,22 @@ def sweep_command(argv: list[str]) -> int:
 
 
 def previous_result(cfg, run_dir: Path, overrides: list[str]) -> bool:
-    """resume=auto for a batched member: True if an earlier run of it finished (its results are adopted)."""
-    from gantrain.runs import adopt, previous_run, read_status, write_status
+    """resume=auto for a batched member, as `gantrain train` does it (train.auto_resume): True if an earlier
+    run of it finished (its results are adopted); else cfg.resume becomes its checkpoint, if it has one."""
+    from gantrain.runs import write_status
+    from gantrain.train import auto_resume
 
     if cfg.resume != "auto":
         return False
-    previous = previous_run(run_dir, overrides, multirun=True)
-    if previous is None or read_status(previous).get("state") != "done":
-        return False
-    adopt(previous, run_dir)
-    write_status(run_dir, "done", **{k: v for k, v in read_status(previous).items() if k == "metric"})
-    log.info(f"job {run_dir.name}: already finished in {previous}; its results are linked here")
-    return True
+    done, score = auto_resume(cfg, run_dir, overrides, multirun=True)
+    if done:
+        write_status(run_dir, "done", **({} if score is None else {"metric": score}))
+    return done
 
 
 def run_alone(cfg, run_dir: Path, overrides: list[str]) -> None:
     """A job that trains by itself, exactly as one job of `gantrain train -m` does."""
-    from gantrain.cli import error_line
-    from gantrain.runs import write_status
+    from gantrain.cli import run_job
     from gantrain.train import train
 
-    write_status(run_dir, "running")
-    try:
-        result = train(cfg, run_dir, overrides, multirun=True)
-    except Exception as e:
-        line = error_line(e)
-        write_status(run_dir, "failed", reason=line or f"{type(e).__name__}: {e}")
-        log.error(f"job {run_dir.name} failed: {line or repr(e)}", exc_info=line is None)
-        return
-    write_status(run_dir, "done", **({} if result is None else {"metric": result}))
+    run_job(lambda: train(cfg, run_dir, overrides, multirun=True), run_dir, keep_going=True, name=run_dir.name)

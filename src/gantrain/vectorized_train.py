@@ -21,38 +21,34 @@ from gantrain.vectorized import VectorizedGAN
 log = logging.getLogger("gantrain")
 
 
-def resumable(cfg, run_dir: Path, overrides: list[str]) -> dict | None:
-    """resume=auto (or resume=PATH): the checkpoint this member continues from, if it ends an epoch."""
+def resumable(cfg, run_dir: Path) -> dict | None:
+    """The checkpoint cfg.resume names (resume=auto has been resolved to it by the sweep), if it ends an epoch."""
     from gantrain.checkpoint import load_checkpoint
-    from gantrain.runs import carry_metrics, previous_run
+    from gantrain.config import user_path
 
     if not cfg.resume:
         return None
-    previous = previous_run(run_dir, overrides, multirun=True) if cfg.resume == "auto" else None
-    path = previous / "checkpoints" / "last.pt" if previous else (None if cfg.resume == "auto" else Path(cfg.resume))
-    if path is None or not path.exists():
-        return None
+    path = user_path(cfg.resume)
     ckpt = load_checkpoint(path)
     if ckpt.get("position"):
         raise UserError(f"{path} was saved mid-epoch: resume it alone with gantrain train resume={path}")
-    if previous:
-        carry_metrics(previous, run_dir, ckpt["step"])
     log.info(f"job {run_dir.name}: resuming from {path} (epoch {ckpt['epoch']})")
     return ckpt
 
 
-def train_batched(configs, dirs: list[Path], overrides: list[list[str]]) -> None:
+def train_batched(configs, dirs: list[Path]) -> None:
     """Train members that differ only in batchable values, in chunks that fit the device's free memory;
     members resuming from checkpoints of different epochs go in different chunks."""
     for cfg in configs:
         check_train_config(cfg)
-    ckpts = [resumable(cfg, d, o) for cfg, d, o in zip(configs, dirs, overrides)]
+    ckpts = [resumable(cfg, d) for cfg, d in zip(configs, dirs)]
     device = pick_device(configs[0].device)
     data = load_data(configs[0].data.name, **kwargs_of(configs[0].data, paths=("root",))).to(device)
     G, D = build_networks(configs[0], data.shape)
     per_member = member_bytes(configs[0], data.shape, sum(p.numel() for p in [*G.parameters(), *D.parameters()]))
-    k_max = max(1, int(0.5 * free_bytes(device) / per_member))
-    log.info(f"memory: {free_bytes(device) / 2**30:.1f} GiB free on {device}, ~{per_member / 2**20:.1f} MiB per "
+    free = free_bytes(device)
+    k_max = max(1, int(0.5 * free / per_member))
+    log.info(f"memory: {free / 2**30:.1f} GiB free on {device}, ~{per_member / 2**20:.1f} MiB per "
              f"member: up to {k_max} members per batch")
     by_epoch: dict[int, list[int]] = {}
     for k, ckpt in enumerate(ckpts):
