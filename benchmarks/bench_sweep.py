@@ -1,11 +1,13 @@
 """Sweep speed: K reference runs trained one after another vs. as one batched model (gantrain sweep).
 
     python benchmarks/bench_sweep.py                   # CPU, K=8, 100 steps per member
-    python benchmarks/bench_sweep.py --device cuda --members 64 --steps 2000
+    python benchmarks/bench_sweep.py --device cuda --members 64 --steps 2000 --sequential-members 4
 
 Both paths build their members from the real config (the reference MLP GAN on the bundled MNIST sample,
-each member its own learning rate and seed) and run the code `gantrain train` and `gantrain sweep` run.
-Prints model-steps/s of each (members x steps / seconds) and the ratio.
+each member its own learning rate and seed) and run the code `gantrain train` and `gantrain sweep` run:
+on CUDA both replay their step as a CUDA graph (the batched one is also timed eagerly, to show what the
+graph buys). Prints model-steps/s of each (members x steps / seconds) and the ratio. The sequential rate
+is per member, so --sequential-members times only the first few members (same speed, less waiting).
 """
 import argparse
 import time
@@ -50,7 +52,7 @@ def sequential(cfgs, steps: int, warmup: int) -> float:
     return len(cfgs) * steps / seconds
 
 
-def vectorized(cfgs, steps: int, warmup: int) -> float:
+def vectorized(cfgs, steps: int, warmup: int, graph: bool) -> float:
     from gantrain.config import kwargs_of, pick_device
     from gantrain.data import load_data
     from gantrain.registry import lookup
@@ -66,6 +68,11 @@ def vectorized(cfgs, steps: int, warmup: int) -> float:
     hyper = dict(lr=[c.optim.lr for c in cfgs], beta1=[c.optim.betas[0] for c in cfgs],
                  beta2=[c.optim.betas[1] for c in cfgs], eps=[1e-8] * len(cfgs), weight_decay=[0.0] * len(cfgs))
     model = VectorizedGAN([g for g, _ in nets], [d for _, d in nets], lookup("loss", "bce")(), hyper, [0.0] * len(cfgs))
+    step = model.step
+    if graph:
+        from gantrain.cuda_graph import graphed
+
+        step = graphed(model.step)
     gens = [torch.Generator(device).manual_seed(c.seed) for c in cfgs]
     B, L, per_epoch = cfgs[0].batch_size, cfgs[0].latent_size, len(data) // cfgs[0].batch_size
     orders = torch.stack([epoch_order(data, g) for g in gens])
@@ -74,7 +81,7 @@ def vectorized(cfgs, steps: int, warmup: int) -> float:
         i %= per_epoch
         real = data.x[orders[:, i * B:(i + 1) * B]]
         z = torch.stack([torch.randn(2, B, L, generator=g, device=device) for g in gens])
-        return model.step(real, z)
+        return step(real, z)
 
     for i in range(warmup):
         one(i)
@@ -94,14 +101,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed steps per member")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--sequential-members", type=int, default=0, help="time only this many members one by one (0 = all)")
     args = parser.parse_args()
     cfgs = configs(args.members, args.device, args.batch_size)
-    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}: {args.members} "
-          f"members of the reference MLP GAN, {args.steps} steps each after {args.warmup} warm-up")
-    seq = sequential(cfgs, args.steps, args.warmup)
-    print(f"sequential : {seq:9.1f} model-steps/s")
-    vec = vectorized(cfgs, args.steps, args.warmup)
-    print(f"vectorized : {vec:9.1f} model-steps/s")
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"device {args.device} ({name}), torch {torch.__version__}: {args.members} members of the reference "
+          f"MLP GAN, {args.steps} steps each after {args.warmup} warm-up")
+    timed = cfgs[:args.sequential_members or len(cfgs)]
+    seq = sequential(timed, args.steps, args.warmup)
+    print(f"sequential : {seq:9.1f} model-steps/s  ({len(timed)} of the {len(cfgs)} members timed one by one)")
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        eager = vectorized(cfgs, args.steps, args.warmup, graph=False)
+        print(f"vectorized, eager      : {eager:9.1f} model-steps/s  ({eager / len(cfgs):.1f} batched steps/s)")
+    vec = vectorized(cfgs, args.steps, args.warmup, graph=cuda)
+    print(f"vectorized{', CUDA graph' if cuda else ''} : {vec:9.1f} model-steps/s  ({vec / len(cfgs):.1f} batched steps/s)")
     print(f"ratio      : {vec / seq:9.2f}x")
 
 

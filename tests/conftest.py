@@ -16,6 +16,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 N_TINY = 120  # images in the tiny IDX data set
+# device of the tests that name one: cpu here and in CI; GANTRAIN_TEST_DEVICE=cuda reruns them on a GPU
+DEVICE = os.environ.get("GANTRAIN_TEST_DEVICE", "cpu")
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
@@ -61,7 +63,7 @@ def mnist_root(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("data"))
 
 
-TINY = ["device=cpu", "epochs=2", "batch_size=20", "latent_size=8", "hidden_size=32", "log_every=3", "eval.n=60",
+TINY = [f"device={DEVICE}", "epochs=2", "batch_size=20", "latent_size=8", "hidden_size=32", "log_every=3", "eval.n=60",
         "trainer.threads=1"]
 
 

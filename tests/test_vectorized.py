@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, write_mnist
+from conftest import DEVICE, run_cli, write_mnist
 from gantrain.checkpoint import load_checkpoint
 from gantrain.vectorized import StackedAdam
 
@@ -36,9 +36,9 @@ def cwd(tmp_path):
 
 
 IMAGES = ["epochs=2", "data=mnist", "data.root=data", "batch_size=20", "hidden_size=32", "latent_size=8",
-          "log_every=5", "eval.n=50", "device=cpu"]
+          "log_every=5", "eval.n=50", f"device={DEVICE}"]
 POINTS = ["epochs=2", "data=ring8", "data.n=400", "batch_size=50", "hidden_size=32", "latent_size=4",
-          "log_every=4", "device=cpu"]
+          "log_every=4", f"device={DEVICE}"]
 
 
 @pytest.mark.parametrize("setup,swept", [(IMAGES, ["optim.lr=1e-4,2e-4", "seed=3"]),
@@ -104,7 +104,7 @@ def test_a_killed_batched_sweep_resumes_per_member_with_resume_auto(cwd):
 
     write_mnist(cwd / "data2", n=2000)  # 200 steps per epoch: long enough to be killed part-way
     args = ["sweep", "seed=0,1", "resume=auto", "epochs=3", "data=mnist", "data.root=data2", "batch_size=10",
-            "hidden_size=64", "eval.enabled=false", "device=cpu", "log_every=100"]
+            "hidden_size=64", "eval.enabled=false", f"device={DEVICE}", "log_every=100"]
     proc = subprocess.Popen([sys.executable, "-m", "gantrain", *args, "hydra.sweep.dir=first"], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

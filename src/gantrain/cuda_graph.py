@@ -14,7 +14,7 @@ WARMUP_STEPS = 3  # eager steps before capture; PyTorch's whole-network capture 
 
 
 def graphed(step, warmup: int = WARMUP_STEPS):
-    """Wrap step(real, z_d, z_g) -> stats: eager for `warmup` calls, then captured and replayed.
+    """Wrap step(*tensors) -> stats: eager for `warmup` calls, then captured and replayed.
 
     Every call is a real training step, warm-up and capture included. If capture fails the wrapper
     logs one line and stays eager, which gives the same results, only slower.
@@ -39,21 +39,22 @@ def graphed(step, warmup: int = WARMUP_STEPS):
         graph.replay()  # capturing recorded the kernels without running them: run this call's step now
         return output.clone()
 
-    def run(real, z_d, z_g):
+    def run(*args):
         state["calls"] += 1
         if state["graph"] is not None:
-            for buffer, value in zip(state["inputs"], (real, z_d, z_g)):
+            for buffer, value in zip(state["inputs"], args):
                 buffer.copy_(value)
             state["graph"].replay()
             return state["output"].clone()  # the static output is overwritten by the next replay
         if state["eager"] or state["calls"] <= warmup:
-            return eager_on_side_stream(real, z_d, z_g)
+            return eager_on_side_stream(*args)
         try:
-            return capture(real, z_d, z_g)
+            return capture(*args)
         except Exception as e:  # capture is an optimisation: never let it stop training
             state["eager"] = True
             log.warning(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                         f"continuing eagerly (set trainer.cuda_graph=false to skip the attempt)")
-            return eager_on_side_stream(real, z_d, z_g)
+            return eager_on_side_stream(*args)
 
+    run.skipped = 0  # graphed only with on_nan=stop, which skips nothing; the loop reads it as it reads step's
     return run

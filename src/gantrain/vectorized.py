@@ -4,11 +4,19 @@ the existing G and D modules run over them with torch.func (stack_module_state +
 The maths of a member is the maths of `make_step` with trainer.fast: one D pass over [real; fake], D frozen
 in the G step, Adam per member (its own lr, betas, eps, weight decay), EMA per member. Members never mix:
 the summed loss gives each member exactly its own gradient.
+
+Each network's parameters live in one (K, N) tensor, so the optimizer and the EMA touch one big tensor per
+network instead of one small one per layer, and nothing in a step asks the host anything: on CUDA the whole
+step is captured once as a CUDA graph and replayed (cuda_graph.py), as a standalone run's step is.
 """
 import copy
+import logging
+import math
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
+
+log = logging.getLogger("gantrain")
 
 
 def batched(module: torch.nn.Module):
@@ -21,88 +29,145 @@ def batched(module: torch.nn.Module):
     return vmap(one)
 
 
-class StackedAdam:
-    """Adam over stacked (K, ...) parameters with per-member hyperparameters (each a (K,) tensor).
+class StackedParams:
+    """One network's parameters for K members in a single (K, N) leaf tensor, seen as named (K, ...) views."""
 
-    Written as torch.optim.Adam's single-tensor update: m <- lerp(m, g, 1 - b1); v <- b2 v + (1 - b2) g^2;
-    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps); L2 weight decay adds wd * p to g.
+    def __init__(self, modules: list[torch.nn.Module]):
+        params, self.buffers = stack_module_state(modules)
+        self.names = list(params)  # named_parameters() order, which state dicts and optimizers use too
+        self.shapes = [tuple(p.shape[1:]) for p in params.values()]
+        self.flat = torch.cat([p.detach().flatten(1) for p in params.values()], dim=1).requires_grad_()
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """(K, N) -> one (K, *shape) view per parameter."""
+        parts = flat.split([math.prod(s) for s in self.shapes], dim=1)
+        return [part.view(len(flat), *shape) for part, shape in zip(parts, self.shapes)]
+
+    def views(self, flat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.split(self.flat if flat is None else flat)))
+
+    def member(self, flat: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """Member k's state dict (parameters from `flat`, then buffers), as a standalone module holds it."""
+        return {**{n: v[k].detach().clone() for n, v in self.views(flat).items()},
+                **{n: v[k].clone() for n, v in self.buffers.items()}}
+
+
+def adam_update_(p, g, m, v, step_size, w1, w2, bc2_sqrt, eps, wd):
+    """torch.optim.Adam's update, every hyperparameter a tensor broadcast over p (one value per member):
+    g += wd p; m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2); p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
+    if wd is not None:
+        g = g + wd * p
+    m.lerp_(g, w1)
+    v.lerp_(g.square(), w2)
+    p.addcdiv_(m * step_size, v.sqrt().div_(bc2_sqrt).add_(eps), value=-1)  # in place where it can: fewer temporaries
+
+
+def fused(fn):
+    """fn compiled by torch.compile (one kernel instead of about ten passes over the stacked tensors); if
+    compiling fails, fn itself, with one line in the log. Used on CUDA only (CPU runs stay eager)."""
+    compiled, chosen = torch.compile(fn, fullgraph=True, dynamic=False), []
+
+    def call(*args):
+        if not chosen:
+            try:
+                out = compiled(*args)
+                chosen.append(compiled)
+                return out
+            except Exception as e:  # an optimisation: never let it stop training
+                log.warning(f"torch.compile of the stacked optimizer failed ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); using eager kernels")
+                chosen.append(fn)
+        return chosen[0](*args)
+
+    return call
+
+
+class StackedAdam:
+    """Adam over stacked (K, ...) parameters with per-member hyperparameters (each a list of K values).
+
+    The step count and the bias corrections live on the device and the weight-decay branch is decided
+    once, so a step never syncs with the host and can be captured in a CUDA graph.
     """
 
-    def __init__(self, params: list[torch.Tensor], lr, beta1, beta2, eps, weight_decay):
-        self.params = params
-        self.hyper = {name: torch.as_tensor(v, dtype=torch.float64, device=params[0].device)
-                      for name, v in dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay).items()}
+    def __init__(self, params: list[torch.Tensor], lr, beta1, beta2, eps, weight_decay, compile: bool = False):
+        device = params[0].device
+        hyper = lambda v: torch.as_tensor(v, dtype=torch.float64, device=device)  # (K,)
+        self.params, self.lr, self.beta1, self.beta2 = params, hyper(lr), hyper(beta1), hyper(beta2)
+        self.eps, self.weight_decay = hyper(eps), hyper(weight_decay)
+        self.decay = any(float(w) != 0 for w in weight_decay)
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        self.t = 0
+        self.t = torch.zeros((), dtype=torch.float64, device=device)  # steps taken
+        self.update = fused(adam_update_) if compile else adam_update_
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         self.t += 1
-        h = self.hyper
-        bc1, bc2_sqrt = 1 - h["beta1"] ** self.t, (1 - h["beta2"] ** self.t).sqrt()  # (K,) in float64
+        bc1, bc2_sqrt = 1 - self.beta1 ** self.t, (1 - self.beta2 ** self.t).sqrt()  # (K,) in float64
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast a (K,) value over one member's tensor
-            per = lambda x: x.to(p.dtype).view(shape)
-            if bool((h["weight_decay"] != 0).any()):
-                g = g + per(h["weight_decay"]) * p
-            m.lerp_(g, per(1 - h["beta1"]))
-            v.mul_(per(h["beta2"])).add_(per(1 - h["beta2"]) * g * g)
-            denom = (v.sqrt() / per(bc2_sqrt)).add_(per(h["eps"]))
-            p.sub_(per(h["lr"] / bc1) * m / denom)
+            per = lambda x: x.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))  # (K,) -> broadcast over a member
+            self.update(p, g, m, v, per(self.lr / bc1), per(1 - self.beta1), per(1 - self.beta2), per(bc2_sqrt),
+                        per(self.eps), per(self.weight_decay) if self.decay else None)
 
 
 class VectorizedGAN:
     """K (G, D) pairs with identical shapes, stacked; step(real (K, B, ...), z (K, 2, B, L)) -> stats (K, 4)."""
 
     def __init__(self, Gs, Ds, loss, optim_hyper: dict, ema_decays: list[float]):
-        self.template_g, self.template_d = Gs[0], Ds[0]
-        self.pg, self.bg = stack_module_state(Gs)  # name -> (K, ...) leaf tensors
-        self.pd, self.bd = stack_module_state(Ds)
+        self.g, self.d = StackedParams(Gs), StackedParams(Ds)
         self.G, self.D = batched(Gs[0]), batched(Ds[0])
         self.loss = loss
-        self.opt_g = StackedAdam(list(self.pg.values()), **optim_hyper)
-        self.opt_d = StackedAdam(list(self.pd.values()), **optim_hyper)
-        decays = torch.tensor(ema_decays, dtype=torch.float64)
-        self.ema_decay = decays if bool((decays > 0).any()) else None
-        self.ema = {k: v.detach().clone() for k, v in self.pg.items()} if self.ema_decay is not None else None
+        compile = self.g.flat.device.type == "cuda"
+        self.opt_g = StackedAdam([self.g.flat], **optim_hyper, compile=compile)
+        self.opt_d = StackedAdam([self.d.flat], **optim_hyper, compile=compile)
+        self.ema = self.ema_weight = None
+        if any(d > 0 for d in ema_decays):
+            self.ema = self.g.flat.detach().clone()  # (K, N_g); members without EMA just track G (weight 1)
+            self.ema_weight = torch.tensor([[1 - d] for d in ema_decays], dtype=self.ema.dtype, device=self.ema.device)
 
     def step(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         # ---------------------------------------------------------------- #
         # (1) update D on [real; G(z)] for every member at once; G fixed.
         # ---------------------------------------------------------------- #
         with torch.no_grad():
-            fake = self.G(self.pg, self.bg, z[:, 0])  # (K, B, ...)
-        logits = self.D(self.pd, self.bd, torch.cat([real, fake], dim=1))  # (K, 2B)
+            fake = self.G(self.g.views(), self.g.buffers, z[:, 0])  # (K, B, ...)
+        logits = self.D(self.d.views(), self.d.buffers, torch.cat([real, fake], dim=1))  # (K, 2B)
         real_logits, fake_logits = logits.chunk(2, dim=1)
         d_loss = vmap(self.loss.d_loss)(real_logits, fake_logits)  # (K,)
-        self.opt_d.step(torch.autograd.grad(d_loss.sum(), list(self.pd.values())))
+        self.opt_d.step(torch.autograd.grad(d_loss.sum(), [self.d.flat]))
 
         # ---------------------------------------------------------------- #
         # (2) update G on fresh noise; D's stacked weights enter detached.
         # ---------------------------------------------------------------- #
-        frozen_d = {k: v.detach() for k, v in self.pd.items()}
-        g_loss = vmap(self.loss.g_loss)(self.D(frozen_d, self.bd, self.G(self.pg, self.bg, z[:, 1])))
-        self.opt_g.step(torch.autograd.grad(g_loss.sum(), list(self.pg.values())))
+        frozen_d = self.d.views(self.d.flat.detach())
+        g_loss = vmap(self.loss.g_loss)(self.D(frozen_d, self.d.buffers, self.G(self.g.views(), self.g.buffers, z[:, 1])))
+        self.opt_g.step(torch.autograd.grad(g_loss.sum(), [self.g.flat]))
         if self.ema is not None:
             with torch.no_grad():
-                for name, p in self.pg.items():
-                    w = (1 - self.ema_decay).to(p.dtype).to(p.device).view((-1,) + (1,) * (p.dim() - 1))
-                    self.ema[name].lerp_(p, w)
+                self.ema.lerp_(self.g.flat, self.ema_weight)
         return torch.stack([d_loss.detach(), g_loss.detach(), real_logits.detach().sigmoid().mean(1),
                             fake_logits.detach().sigmoid().mean(1)], dim=1)
 
     def member_weights(self, k: int) -> tuple[dict, dict, dict | None]:
         """Member k's G, D (and EMA G) state dicts, as a standalone run's modules hold them."""
-        g = {**{n: v[k].detach().clone() for n, v in self.pg.items()}, **{n: v[k].clone() for n, v in self.bg.items()}}
-        d = {**{n: v[k].detach().clone() for n, v in self.pd.items()}, **{n: v[k].clone() for n, v in self.bd.items()}}
-        ema = None if self.ema is None else {**{n: v[k].clone() for n, v in self.ema.items()},
-                                            **{n: v[k].clone() for n, v in self.bg.items()}}
-        return g, d, ema
+        ema = None if self.ema is None else self.g.member(self.ema, k)
+        return self.g.member(self.g.flat, k), self.d.member(self.d.flat, k), ema
+
+    def moments(self, which: str) -> tuple[StackedAdam, list[torch.Tensor], list[torch.Tensor]]:
+        """G's or D's optimizer and its two moments as one (K, *shape) view per parameter."""
+        net, opt = (self.g, self.opt_g) if which == "g" else (self.d, self.opt_d)
+        return opt, net.split(opt.exp_avg[0]), net.split(opt.exp_avg_sq[0])
 
     def member_optimizer_state(self, k: int, which: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         """Fill a real torch Adam over `module` with member k's moments, so its checkpoint resumes anywhere."""
-        stacked = self.opt_g if which == "g" else self.opt_d
-        for p, m, v in zip(module.parameters(), stacked.exp_avg, stacked.exp_avg_sq):
+        stacked, exp_avg, exp_avg_sq = self.moments(which)
+        for p, m, v in zip(module.parameters(), exp_avg, exp_avg_sq):
             step = torch.tensor(float(stacked.t), device=p.device if opt.defaults.get("fused") else "cpu")
             opt.state[p] = {"step": step, "exp_avg": m[k].detach().clone(), "exp_avg_sq": v[k].detach().clone()}
+
+    def restore_member_optimizer(self, k: int, which: str, saved: dict) -> None:
+        """Member k's Adam moments and step count from a standalone optimizer's state dict."""
+        stacked, exp_avg, exp_avg_sq = self.moments(which)
+        for j, (m, v) in enumerate(zip(exp_avg, exp_avg_sq)):
+            m[k], v[k] = saved["state"][j]["exp_avg"], saved["state"][j]["exp_avg_sq"]
+            stacked.t.fill_(float(saved["state"][j]["step"]))

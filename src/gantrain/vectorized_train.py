@@ -94,6 +94,11 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
                                           ("eps", "eps", 1e-8, 0), ("weight_decay", "weight_decay", 0.0, 0))}
     model = VectorizedGAN(Gs, Ds, lookup("loss", cfg0.loss.name)(**kwargs_of(cfg0.loss)), hyper,
                           [c.ema_decay for c in configs])
+    step = model.step
+    if device.type == "cuda" and cfg0.trainer.cuda_graph:  # one graph replay per step, as a standalone run
+        from gantrain.cuda_graph import graphed
+
+        step = graphed(model.step)
     gens = [torch.Generator(device).manual_seed(c.seed) for c in configs]
     where = Where(0, 0, 0, None)
     for k, ckpt in enumerate(ckpts):
@@ -114,7 +119,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
         for i in range(steps_per_epoch):
             real = data.x[orders[:, i * B:(i + 1) * B]]  # (K, B, ...)
             z = torch.stack([torch.randn(2, B, L, generator=g, device=device) for g in gens])  # (K, 2, B, L)
-            history[:, i] = model.step(real, z)
+            history[:, i] = step(real, z)
             where.step, where.position = where.step + 1, i + 1
             if where.step % cfg0.log_every == 0:
                 check_members(history[:, :i + 1], where, dirs, alive)
@@ -150,14 +155,11 @@ def restore_member(model: VectorizedGAN, k: int, ckpt: dict, gen: torch.Generato
     """Member k's Adam moments, step count, EMA and data-order/noise state from its checkpoint."""
     from gantrain.checkpoint import set_rng_state
 
-    for stacked, saved in ((model.opt_g, ckpt["opt_g"]), (model.opt_d, ckpt["opt_d"])):
-        for j, (m, v) in enumerate(zip(stacked.exp_avg, stacked.exp_avg_sq)):
-            state = saved["state"][j]
-            m[k], v[k] = state["exp_avg"], state["exp_avg_sq"]
-            stacked.t = int(state["step"])
+    model.restore_member_optimizer(k, "g", ckpt["opt_g"])
+    model.restore_member_optimizer(k, "d", ckpt["opt_d"])
     if model.ema is not None and ckpt.get("G_ema") is not None:
-        for name in model.ema:
-            model.ema[name][k] = ckpt["G_ema"][name]
+        for name, view in model.g.views(model.ema).items():
+            view[k] = ckpt["G_ema"][name]
     set_rng_state(gen, ckpt["rng"])
 
 

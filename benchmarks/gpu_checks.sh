@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# What a session with a GPU runs, in one call (its numbers go to benchmarks/RESULTS.md):
+#   bash benchmarks/gpu_checks.sh [WORKDIR [RESULTDIR]]
+# 1. bench_sweep: 64 reference members, one by one vs. batched (eager and CUDA graph);
+# 2. the 64-member reference sweep through `gantrain sweep`: 4 learning rates x 16 seeds, 200 epochs x 600
+#    steps (120,000 steps) per member, on 60,000 MNIST-format images -- if step 1 says it can end in time,
+#    else 2 epochs of it (every default: samples, checkpoints, eval), to check the pipeline;
+# 3. the tests that name a device, on the GPU (members = standalone runs, NaN member, seeding, resume);
+# 4. bench_train on the GPU.
+# Where gantrain is not installed (a bare GPU machine with torch), it runs from the checkout: src/ and any
+# pure-Python packages copied into .devsite/ go on PYTHONPATH. DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
+set -u
+work=${1:-/tmp/gpu_checks}  # data and run dirs (large)
+results=${2:-$work/results}  # the report, a member's curves and samples
+device=${DEVICE:-cuda}
+members=${MEMBERS:-64}
+steps=${STEPS:-1000}
+mkdir -p "$work" "$results"
+if ! python3 -c "import gantrain.conf" 2>/dev/null; then
+    export PYTHONPATH="$PWD/src:$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}"
+    [ -e src/gantrain/conf ] || ln -s ../../conf src/gantrain/conf  # what the installed package maps
+fi
+export PYTHONUNBUFFERED=1
+stage() { echo; echo "=== $1 ($(date +%T))"; }
+
+stage "machine"
+python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+
+stage "bench_sweep"
+python3 benchmarks/bench_sweep.py --device "$device" --members "$members" --steps "$steps" \
+    --sequential-members 4 | tee "$work/bench_sweep.txt"
+rate=$(grep -o '([0-9.]* batched' "$work/bench_sweep.txt" | tail -1 | tr -d '(' | cut -d' ' -f1)
+
+# 60,000 MNIST-format images tiled from the bundled 5,000: the reference workload's size (600 steps an epoch)
+data="$work/mnist60k"
+[ -d "$data" ] || python3 -c "
+import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks')
+from bench_train import write_mnist_idx; write_mnist_idx(Path('$data'), 60000)"
+epochs=200
+if [ "$(python3 -c "print(int(float('${rate:-0}') < ${MIN_RATE:-400}))")" = 1 ]; then
+    epochs=2  # 120,000 steps at under MIN_RATE batched steps/s would not end in time
+fi
+stage "the ${members}-member reference sweep: 4 learning rates x $((members / 4)) seeds, $epochs epochs x 600 steps"
+seeds=$(seq -s, 0 $((members / 4 - 1)))
+every=$(( epochs >= 20 ? 20 : 1 ))  # samples and checkpoints every 20 epochs of 200
+start=$SECONDS
+timeout "${SWEEP_LIMIT:-330}" python3 -m gantrain sweep "optim.lr=1e-4,2e-4,4e-4,8e-4" "seed=$seeds" data=mnist "data.root=$data" \
+    "epochs=$epochs" "device=$device" "sample_every=$every" "ckpt_every=$every" "hydra.sweep.dir=$work/sweep" \
+    2>&1 | grep -v "Epoch\[" | tail -14
+echo "sweep wall time: $((SECONDS - start)) s (limit ${SWEEP_LIMIT:-330} s)"
+COLUMNS=200 python3 -m gantrain report "$work/sweep" 2>&1 | tail -24
+cp "$work/sweep/report.csv" "$work/sweep/0/curves.png" "$results/" 2>/dev/null
+cp "$(ls "$work"/sweep/0/samples/*.png | tail -1)" "$results/member0_last_samples.png" 2>/dev/null
+
+stage "tests on $device"
+GANTRAIN_TEST_DEVICE=$device python3 -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" \
+    tests/test_vectorized.py tests/test_train.py 2>&1 | tail -25
+
+stage "bench_train"
+python3 benchmarks/bench_train.py --device "$device" --steps "$steps" --rounds 3
+stage "done"
