@@ -15,11 +15,11 @@ import time
 import torch
 
 
-def configs(k: int, device: str, batch_size: int):
+def configs(k: int, device: str, batch_size: int, overrides: list[str]):
     from gantrain.sweep import compose_job
 
     lrs = [1e-4 * (1 + j % 4) for j in range(k)]
-    cfgs = [compose_job([f"optim.lr={lr}", f"seed={j}", f"device={device}", f"batch_size={batch_size}"])
+    cfgs = [compose_job([f"optim.lr={lr}", f"seed={j}", f"device={device}", f"batch_size={batch_size}", *overrides])
             for j, lr in enumerate(lrs)]
     for cfg in cfgs:
         with __import__("omegaconf").open_dict(cfg):
@@ -52,14 +52,15 @@ def sequential(cfgs, steps: int, warmup: int) -> float:
     return len(cfgs) * steps / seconds
 
 
-def vectorized(cfgs, steps: int, warmup: int, graph: bool) -> float:
+def vectorized(cfgs, steps: int, warmup: int, graph: bool, profile: bool = False) -> float:
     from gantrain.config import kwargs_of, pick_device
     from gantrain.data import load_data
     from gantrain.registry import lookup
-    from gantrain.train import build_networks, epoch_order
+    from gantrain.train import build_networks, epoch_order, set_matmul_precision
     from gantrain.vectorized import VectorizedGAN
 
     device = pick_device(cfgs[0].device)
+    set_matmul_precision(cfgs[0].trainer.precision)
     data = load_data(cfgs[0].data.name, **kwargs_of(cfgs[0].data)).to(device)
     nets = []
     for cfg in cfgs:
@@ -86,6 +87,15 @@ def vectorized(cfgs, steps: int, warmup: int, graph: bool) -> float:
     for i in range(warmup):
         one(i)
     sync(device)
+    if profile:  # where a batched step's time goes, kernel by kernel (eager steps: the kernels a graph replays)
+        from torch.profiler import ProfilerActivity, profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")) as prof:
+            for i in range(10):
+                one(i)
+            sync(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60))
     start = time.perf_counter()
     for i in range(steps):
         out = one(i)
@@ -102,19 +112,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--sequential-members", type=int, default=0, help="time only this many members one by one (0 = all)")
+    parser.add_argument("--set", nargs="*", default=[], help="train overrides for every member, e.g. trainer.precision=tf32")
+    parser.add_argument("--profile", action="store_true", help="print the batched step's top kernels")
     args = parser.parse_args()
-    cfgs = configs(args.members, args.device, args.batch_size)
+    cfgs = configs(args.members, args.device, args.batch_size, args.set)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"device {args.device} ({name}), torch {torch.__version__}: {args.members} members of the reference "
-          f"MLP GAN, {args.steps} steps each after {args.warmup} warm-up")
+          f"MLP GAN, {args.steps} steps each after {args.warmup} warm-up{', ' + ' '.join(args.set) if args.set else ''}")
     timed = cfgs[:args.sequential_members or len(cfgs)]
     seq = sequential(timed, args.steps, args.warmup)
     print(f"sequential : {seq:9.1f} model-steps/s  ({len(timed)} of the {len(cfgs)} members timed one by one)")
     cuda = args.device.startswith("cuda")
     if cuda:
-        eager = vectorized(cfgs, args.steps, args.warmup, graph=False)
+        eager = vectorized(cfgs, args.steps, args.warmup, graph=False, profile=args.profile)
         print(f"vectorized, eager      : {eager:9.1f} model-steps/s  ({eager / len(cfgs):.1f} batched steps/s)")
-    vec = vectorized(cfgs, args.steps, args.warmup, graph=cuda)
+    vec = vectorized(cfgs, args.steps, args.warmup, graph=cuda, profile=args.profile and not cuda)
     print(f"vectorized{', CUDA graph' if cuda else ''} : {vec:9.1f} model-steps/s  ({vec / len(cfgs):.1f} batched steps/s)")
     print(f"ratio      : {vec / seq:9.2f}x")
 

@@ -9,6 +9,8 @@
 # 4. bench_train on the GPU.
 # Where gantrain is not installed (a bare GPU machine with torch), it runs from the checkout: src/ and any
 # pure-Python packages copied into .devsite/ go on PYTHONPATH. DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
+# Knobs: SET="trainer.precision=tf32" (overrides for the benchmark and the sweep), SWEEP_SET="eval.enabled=false"
+# (the sweep only), SKIP="tests bench_train", PROFILE=1 (the batched step's top kernels), MIN_RATE, SWEEP_LIMIT.
 set -u
 work=${1:-/tmp/gpu_checks}  # data and run dirs (large)
 results=${2:-$work/results}  # the report, a member's curves and samples
@@ -29,11 +31,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 stage "bench_sweep"
 python3 benchmarks/bench_sweep.py --device "$device" --members "$members" --steps "$steps" \
-    --sequential-members 4 | tee "$work/bench_sweep.txt"
+    --sequential-members 4 ${PROFILE:+--profile} --set ${SET:-} | tee "$work/bench_sweep.txt"
 rate=$(grep -o '([0-9.]* batched' "$work/bench_sweep.txt" | tail -1 | tr -d '(' | cut -d' ' -f1)
 
+skip() { case " ${SKIP:-} " in *" $1 "*) echo "(skipped)"; return 0;; esac; return 1; }
 stage "tests on $device"
-GANTRAIN_TEST_DEVICE=$device python3 -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" \
+skip tests || GANTRAIN_TEST_DEVICE=$device python3 -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" \
     tests/test_vectorized.py tests/test_train.py 2>&1 | tail -25
 
 # 60,000 MNIST-format images tiled from the bundled 5,000: the reference workload's size (600 steps an epoch)
@@ -47,10 +50,10 @@ if [ "$(python3 -c "print(int(float('${rate:-0}') < ${MIN_RATE:-400}))")" = 1 ];
 fi
 stage "the ${members}-member reference sweep: 4 learning rates x $((members / 4)) seeds, $epochs epochs x 600 steps"
 seeds=$(seq -s, 0 $((members / 4 - 1)))
-every=$(( epochs >= 20 ? 20 : 1 ))  # samples and checkpoints every 20 epochs of 200
+every=$(( epochs >= 20 ? ${EVERY:-20} : 1 ))  # samples and checkpoints every EVERY epochs of 200
 start=$SECONDS
 timeout "${SWEEP_LIMIT:-330}" python3 -m gantrain sweep "optim.lr=1e-4,2e-4,4e-4,8e-4" "seed=$seeds" data=mnist "data.root=$data" \
-    "epochs=$epochs" "device=$device" "sample_every=$every" "ckpt_every=$every" "hydra.sweep.dir=$work/sweep" \
+    "epochs=$epochs" "device=$device" "sample_every=$every" "ckpt_every=$every" "hydra.sweep.dir=$work/sweep" ${SET:-} ${SWEEP_SET:-} \
     2>&1 | grep -v "Epoch\[" | tail -14
 echo "sweep wall time: $((SECONDS - start)) s (limit ${SWEEP_LIMIT:-330} s)"
 COLUMNS=200 python3 -m gantrain report "$work/sweep" 2>&1 | tail -24
@@ -58,5 +61,5 @@ cp "$work/sweep/report.csv" "$work/sweep/0/curves.png" "$results/" 2>/dev/null
 cp "$(ls "$work"/sweep/0/samples/*.png | tail -1)" "$results/member0_last_samples.png" 2>/dev/null
 
 stage "bench_train"
-python3 benchmarks/bench_train.py --device "$device" --steps "$steps" --rounds 3
+skip bench_train || python3 benchmarks/bench_train.py --device "$device" --steps "$steps" --rounds 3
 stage "done"

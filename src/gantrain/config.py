@@ -32,8 +32,9 @@ def check_train_config(cfg: DictConfig) -> None:
         raise UserError(f"eval.n must be an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")
     if cfg.on_nan not in ("stop", "skip"):
         raise UserError(f"on_nan must be stop or skip, got {cfg.on_nan!r}; e.g. on_nan=skip")
-    if cfg.trainer.precision not in ("fp32", "bf16"):
-        raise UserError(f"trainer.precision must be fp32 or bf16, got {cfg.trainer.precision!r}; e.g. trainer.precision=bf16")
+    if cfg.trainer.precision not in ("fp32", "tf32", "bf16"):
+        raise UserError(f"trainer.precision must be fp32, tf32 or bf16, got {cfg.trainer.precision!r}; "
+                        f"e.g. trainer.precision=bf16")
     if not is_int(cfg.trainer.threads) or cfg.trainer.threads < 0:
         raise UserError(f"trainer.threads must be an integer >= 0 (0 = torch's default), got {cfg.trainer.threads!r}")
 

@@ -48,7 +48,7 @@ def why_not_vectorized(cfg) -> str | None:
         return "gradient penalties are not batched"
     if cfg.optim.name != "adam":
         return f"optim={cfg.optim.name} (only adam is batched)"
-    if cfg.n_critic != 1 or cfg.on_nan != "stop" or cfg.trainer.precision != "fp32":
+    if cfg.n_critic != 1 or cfg.on_nan != "stop" or cfg.trainer.precision == "bf16":
         return "n_critic, on_nan=skip and bf16 are not batched"
     return None
 

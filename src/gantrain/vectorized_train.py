@@ -1,6 +1,7 @@
 """The loop of a batched sweep: K members stepped together, each with its own data order, noise, log,
 samples, checkpoints, metrics and status, written exactly as a standalone run writes them."""
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ from gantrain.runs import write_status
 from gantrain.sweep import free_bytes, member_bytes
 from gantrain.tracking import NoTracker
 from gantrain.train import (STATS, Parts, Where, build_networks, build_optimizer, checkpoint_state, due,
-                            epoch_order, evaluate_and_keep_best, fixed_latents, has_batch_statistics, log_stats)
+                            epoch_order, evaluate_and_keep_best, fixed_latents, has_batch_statistics, log_stats,
+                            set_matmul_precision)
 from gantrain.vectorized import VectorizedGAN
 
 log = logging.getLogger("gantrain")
@@ -43,6 +45,7 @@ def train_batched(configs, dirs: list[Path]) -> None:
         check_train_config(cfg)
     ckpts = [resumable(cfg, d) for cfg, d in zip(configs, dirs)]
     device = pick_device(configs[0].device)
+    set_matmul_precision(configs[0].trainer.precision)  # the same in every member: it is part of the group key
     data = load_data(configs[0].data.name, **kwargs_of(configs[0].data, paths=("root",))).to(device)
     G, D = build_networks(configs[0], data.shape)
     per_member = member_bytes(configs[0], data.shape, sum(p.numel() for p in [*G.parameters(), *D.parameters()]))
@@ -114,7 +117,10 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
         artifacts.save_real_images(data, d / "real_images.png")
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)
     log.info(f"batched training of {K} members: {steps_per_epoch} steps/epoch, epochs 1..{cfg0.epochs}")
+    seconds = {"steps": 0.0, "samples, checkpoints, eval": 0.0}
+    first_step = where.step
     while where.epoch < cfg0.epochs:
+        tick = time.perf_counter()
         orders = torch.stack([epoch_order(data, g) for g in gens])  # (K, N): each member's own data order
         for i in range(steps_per_epoch):
             real = data.x[orders[:, i * B:(i + 1) * B]]  # (K, B, ...)
@@ -126,7 +132,9 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
                 for k in range(K):
                     if alive[k]:
                         log_stats(where, configs[k], steps_per_epoch, history[k, i], csvs[k], 0, NoTracker())
-        check_members(history, where, dirs, alive)
+        check_members(history, where, dirs, alive)  # waits for the epoch's last step: the timing below is true
+        seconds["steps"] += time.perf_counter() - tick
+        tick = time.perf_counter()
         where.epoch, where.position = where.epoch + 1, 0
         last = where.epoch == cfg0.epochs
         for k in (k for k in range(K) if alive[k]):
@@ -144,6 +152,11 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
                 save_checkpoint(d / "checkpoints" / "last.pt", state)
             if evaluate:
                 scores[k], best[k] = evaluate_and_keep_best(cfg, parts, d, where, state, best[k], NoTracker())
+        seconds["samples, checkpoints, eval"] += time.perf_counter() - tick
+    steps = where.step - first_step
+    log.info(f"batched training of {K} members: {steps} steps in {seconds['steps']:.1f} s "
+             f"({steps / max(seconds['steps'], 1e-9):.1f} batched steps/s, {K * steps / max(seconds['steps'], 1e-9):.0f} "
+             f"model-steps/s); samples, checkpoints and eval {seconds['samples, checkpoints, eval']:.1f} s")
     for k, d in enumerate(dirs):
         csvs[k].close()
         artifacts.plot_curves(d / "metrics.csv", d / "curves.png")
