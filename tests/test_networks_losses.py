@@ -30,6 +30,19 @@ def test_mlp_matches_the_reference_architecture():
     assert slopes == [0.2, 0.2]
 
 
+def test_packed_discriminator_judges_consecutive_samples_together():
+    """model.pack=2 (PacGAN): D sees (x0, x1), (x2, x3), ... as single inputs of twice the width."""
+    G, D = lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8, pack=2)
+    assert D.net[0].in_features == 4 and G.net[0].in_features == 4  # G is unchanged
+    x = torch.randn(6, 2)
+    logits = D(x)
+    assert logits.shape == (3,)
+    by_hand = D.net(torch.cat([x[0::2], x[1::2]], dim=1)).squeeze(1)  # pairs (x0|x1), (x2|x3), (x4|x5)
+    assert torch.allclose(logits, by_hand)
+    swapped = x[[2, 3, 0, 1, 4, 5]]  # moving a whole pack moves its logit, and nothing else
+    assert torch.allclose(D(swapped), logits[[1, 0, 2]])
+
+
 def test_bce_loss_values_on_known_logits():
     loss = BCELoss()
     zero = torch.zeros(4)

@@ -149,6 +149,19 @@ def test_bad_values_are_one_line_user_errors(cfg, tmp_path, key, value, message)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_tf32_is_switched_per_run_and_back():
+    from gantrain.train import set_matmul_precision
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        set_matmul_precision("tf32")
+        assert torch.backends.cuda.matmul.allow_tf32
+        set_matmul_precision("fp32")  # a later run in the same process must not inherit TF32
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_fast_path_matches_plain_path_within_float_rounding(cfg, tmp_path):
     """trainer.fast fuses Adam and runs D once over [real; fake]: same maths, other summation order.
 

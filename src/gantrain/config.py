@@ -35,6 +35,10 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.trainer.precision not in ("fp32", "tf32", "bf16"):
         raise UserError(f"trainer.precision must be fp32, tf32 or bf16, got {cfg.trainer.precision!r}; "
                         f"e.g. trainer.precision=bf16")
+    pack = cfg.model.get("pack", 1)
+    if not is_int(pack) or pack < 1 or cfg.batch_size % pack:
+        raise UserError(f"model.pack must be an integer >= 1 that divides batch_size={cfg.batch_size}, got {pack!r}; "
+                        f"e.g. model.pack=2")
     if not is_int(cfg.trainer.threads) or cfg.trainer.threads < 0:
         raise UserError(f"trainer.threads must be an integer >= 0 (0 = torch's default), got {cfg.trainer.threads!r}")
 

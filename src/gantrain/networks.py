@@ -43,13 +43,18 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """x (B, *in_shape) [+ label embedding] -> logits (B,): (Linear-LeakyReLU(0.2)) x depth - Linear. No Sigmoid."""
+    """x (B, *in_shape) [+ label embedding] -> logits (B / pack,): (Linear-LeakyReLU(0.2)) x depth - Linear. No Sigmoid.
 
-    def __init__(self, in_shape: tuple[int, ...], hidden_size: int, num_classes: int = 0, depth: int = 2):
+    pack > 1 is PacGAN (Lin et al. 2018): D judges `pack` samples of one kind at once, concatenated, which
+    lets it see a batch's lack of diversity and so penalise mode collapse. B must be a multiple of pack.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], hidden_size: int, num_classes: int = 0, depth: int = 2, pack: int = 1):
         super().__init__()
+        self.pack = pack
         self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
         self.net = nn.Sequential(
-            *hidden_layers(math.prod(in_shape) + num_classes, hidden_size, depth, lambda: nn.LeakyReLU(0.2)),
+            *hidden_layers(pack * (math.prod(in_shape) + num_classes), hidden_size, depth, lambda: nn.LeakyReLU(0.2)),
             nn.Linear(hidden_size, 1),
         )
 
@@ -57,14 +62,15 @@ class MLPDiscriminator(nn.Module):
         x = x.flatten(1)
         if self.embed is not None:
             x = torch.cat([x, self.embed(y)], dim=1)
-        return self.net(x).squeeze(1)
+        return self.net(x.reshape(-1, self.pack * x.shape[1])).squeeze(1)  # consecutive samples form a pack
 
 
 @register("model", "mlp")
-def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0, depth: int = 2):
+def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0, depth: int = 2,
+        pack: int = 1):
     """The reference MLP pair (G: z-h-h-x, ReLU/Tanh; D: x-h-h-1, LeakyReLU 0.2); also for 2D points."""
     return (MLPGenerator(latent_size, hidden_size, data_shape, num_classes, depth),
-            MLPDiscriminator(data_shape, hidden_size, num_classes, depth))
+            MLPDiscriminator(data_shape, hidden_size, num_classes, depth, pack))
 
 
 class DCGANGenerator(nn.Module):

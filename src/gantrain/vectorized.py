@@ -5,9 +5,11 @@ The maths of a member is the maths of `make_step` with trainer.fast: one D pass 
 in the G step, Adam per member (its own lr, betas, eps, weight decay), EMA per member. Members never mix:
 the summed loss gives each member exactly its own gradient.
 
-Each network's parameters live in one (K, N) tensor, so the optimizer and the EMA touch one big tensor per
-network instead of one small one per layer, and nothing in a step asks the host anything: on CUDA the whole
-step is captured once as a CUDA graph and replayed (cuda_graph.py), as a standalone run's step is.
+Each network's parameters live in one (K, N) tensor (checkpoints, the EMA and member access read it in one
+piece); the forward passes and the optimizer see it as one (K, *shape) view per parameter, so gradients
+arrive per parameter in whatever layout the backward pass made them, with no copy into a flat buffer.
+Nothing in a step asks the host anything: on CUDA the whole step is captured once as a CUDA graph and
+replayed (cuda_graph.py), as a standalone run's step is.
 """
 import copy
 import logging
@@ -65,7 +67,7 @@ def adam_update_(p, g, m, v, step_size, w1, w2, bc2_sqrt, eps, wd):
 def fused(fn):
     """fn compiled by torch.compile (one kernel instead of about ten passes over the stacked tensors); if
     compiling fails, fn itself, with one line in the log. Used on CUDA only (CPU runs stay eager)."""
-    compiled, chosen = torch.compile(fn, fullgraph=True, dynamic=False), []
+    compiled, chosen = torch.compile(fn, fullgraph=True), []  # shapes become dynamic after the first recompile
 
     def call(*args):
         if not chosen:
@@ -95,8 +97,8 @@ class StackedAdam:
         self.params, self.lr, self.beta1, self.beta2 = params, hyper(lr), hyper(beta1), hyper(beta2)
         self.eps, self.weight_decay = hyper(eps), hyper(weight_decay)
         self.decay = any(float(w) != 0 for w in weight_decay)
-        self.exp_avg = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
         self.t = torch.zeros((), dtype=torch.float64, device=device)  # steps taken
         self.update = fused(adam_update_) if compile else adam_update_
 
@@ -118,8 +120,9 @@ class VectorizedGAN:
         self.G, self.D = batched(Gs[0]), batched(Ds[0])
         self.loss = loss
         compile = self.g.flat.device.type == "cuda"
-        self.opt_g = StackedAdam([self.g.flat], **optim_hyper, compile=compile)
-        self.opt_d = StackedAdam([self.d.flat], **optim_hyper, compile=compile)
+        # the optimizers write through detached views of the flat tensors
+        self.opt_g = StackedAdam(self.g.split(self.g.flat.detach()), **optim_hyper, compile=compile)
+        self.opt_d = StackedAdam(self.d.split(self.d.flat.detach()), **optim_hyper, compile=compile)
         self.ema = self.ema_weight = None
         if any(d > 0 for d in ema_decays):
             self.ema = self.g.flat.detach().clone()  # (K, N_g); members without EMA just track G (weight 1)
@@ -131,17 +134,18 @@ class VectorizedGAN:
         # ---------------------------------------------------------------- #
         with torch.no_grad():
             fake = self.G(self.g.views(), self.g.buffers, z[:, 0])  # (K, B, ...)
-        logits = self.D(self.d.views(), self.d.buffers, torch.cat([real, fake], dim=1))  # (K, 2B)
+        d_params = self.d.views()
+        logits = self.D(d_params, self.d.buffers, torch.cat([real, fake], dim=1))  # (K, 2B)
         real_logits, fake_logits = logits.chunk(2, dim=1)
         d_loss = vmap(self.loss.d_loss)(real_logits, fake_logits)  # (K,)
-        self.opt_d.step(torch.autograd.grad(d_loss.sum(), [self.d.flat]))
+        self.opt_d.step(torch.autograd.grad(d_loss.sum(), list(d_params.values())))
 
         # ---------------------------------------------------------------- #
         # (2) update G on fresh noise; D's stacked weights enter detached.
         # ---------------------------------------------------------------- #
-        frozen_d = self.d.views(self.d.flat.detach())
-        g_loss = vmap(self.loss.g_loss)(self.D(frozen_d, self.d.buffers, self.G(self.g.views(), self.g.buffers, z[:, 1])))
-        self.opt_g.step(torch.autograd.grad(g_loss.sum(), [self.g.flat]))
+        frozen_d, g_params = self.d.views(self.d.flat.detach()), self.g.views()
+        g_loss = vmap(self.loss.g_loss)(self.D(frozen_d, self.d.buffers, self.G(g_params, self.g.buffers, z[:, 1])))
+        self.opt_g.step(torch.autograd.grad(g_loss.sum(), list(g_params.values())))
         if self.ema is not None:
             with torch.no_grad():
                 self.ema.lerp_(self.g.flat, self.ema_weight)
@@ -154,9 +158,9 @@ class VectorizedGAN:
         return self.g.member(self.g.flat, k), self.d.member(self.d.flat, k), ema
 
     def moments(self, which: str) -> tuple[StackedAdam, list[torch.Tensor], list[torch.Tensor]]:
-        """G's or D's optimizer and its two moments as one (K, *shape) view per parameter."""
-        net, opt = (self.g, self.opt_g) if which == "g" else (self.d, self.opt_d)
-        return opt, net.split(opt.exp_avg[0]), net.split(opt.exp_avg_sq[0])
+        """G's or D's optimizer and its two moments, one (K, *shape) tensor per parameter."""
+        opt = self.opt_g if which == "g" else self.opt_d
+        return opt, opt.exp_avg, opt.exp_avg_sq
 
     def member_optimizer_state(self, k: int, which: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         """Fill a real torch Adam over `module` with member k's moments, so its checkpoint resumes anywhere."""
