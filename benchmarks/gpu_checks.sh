@@ -8,7 +8,9 @@
 #    else 2 epochs of it (every default: samples, checkpoints, eval), to check the pipeline;
 # 4. bench_train on the GPU.
 # Where gantrain is not installed (a bare GPU machine with torch), it runs from the checkout: src/ and any
-# pure-Python packages copied into .devsite/ go on PYTHONPATH. DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
+# pure-Python packages copied into .devsite/ go on PYTHONPATH (the GPU image has torch, torchmetrics, rich,
+# matplotlib; copy hydra, omegaconf, antlr4 and mlxtend from .venv's site-packages into an ignored .devsite/
+# and carry it). DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
 # Knobs: SET="trainer.precision=tf32" (overrides for the benchmark and the sweep), SWEEP_SET="eval.enabled=false"
 # (the sweep only), SKIP="tests bench_train", PROFILE=1 (the batched step's top kernels), MIN_RATE, SWEEP_LIMIT.
 set -u
