@@ -55,34 +55,19 @@ def sequential(cfgs, steps: int, warmup: int) -> float:
 def vectorized(cfgs, steps: int, warmup: int, graph: bool, profile: bool = False) -> float:
     from gantrain.config import kwargs_of, pick_device
     from gantrain.data import load_data
-    from gantrain.registry import lookup
-    from gantrain.train import build_networks, epoch_order, set_matmul_precision
-    from gantrain.vectorized import VectorizedGAN
+    from gantrain.train import epoch_order, set_matmul_precision
+    from gantrain.vectorized_train import build_batched, member_batches
 
     device = pick_device(cfgs[0].device)
     set_matmul_precision(cfgs[0].trainer.precision)
     data = load_data(cfgs[0].data.name, **kwargs_of(cfgs[0].data)).to(device)
-    nets = []
-    for cfg in cfgs:
-        torch.manual_seed(cfg.seed)
-        nets.append([n.to(device) for n in build_networks(cfg, data.shape)])
-    hyper = dict(lr=[c.optim.lr for c in cfgs], beta1=[c.optim.betas[0] for c in cfgs],
-                 beta2=[c.optim.betas[1] for c in cfgs], eps=[1e-8] * len(cfgs), weight_decay=[0.0] * len(cfgs))
-    model = VectorizedGAN([g for g, _ in nets], [d for _, d in nets], lookup("loss", "bce")(), hyper, [0.0] * len(cfgs))
-    step = model.step
-    if graph:
-        from gantrain.cuda_graph import graphed
-
-        step = graphed(model.step)
+    _, step = build_batched(cfgs, data, device, [None] * len(cfgs), graph)  # what gantrain sweep trains
     gens = [torch.Generator(device).manual_seed(c.seed) for c in cfgs]
     B, L, per_epoch = cfgs[0].batch_size, cfgs[0].latent_size, len(data) // cfgs[0].batch_size
     orders = torch.stack([epoch_order(data, g) for g in gens])
 
     def one(i: int):
-        i %= per_epoch
-        real = data.x[orders[:, i * B:(i + 1) * B]]
-        z = torch.stack([torch.randn(2, B, L, generator=g, device=device) for g in gens])
-        return step(real, z)
+        return step(*member_batches(data, orders, i % per_epoch, B, L, gens))
 
     for i in range(warmup):
         one(i)

@@ -103,7 +103,6 @@ def write_job_dir(run_dir: Path, cfg, overrides: list[str]) -> None:
 
 
 def sweep_command(argv: list[str]) -> int:
-
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2

@@ -422,11 +422,12 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
                 png = run_dir / "samples" / f"epoch_{where.epoch:04d}.png"
                 artifacts.save_samples(parts.G_ema or parts.G, fixed_z, fixed_y, png, real_points)
                 tracker.image("samples", png, where.epoch)
-            state = checkpoint_state(cfg, parts, where)
-            if due(cfg.ckpt_every, where.epoch, last):
+            keep, evaluate = due(cfg.ckpt_every, where.epoch, last), evaluating and due(cfg.eval_every, where.epoch, last)
+            state = checkpoint_state(cfg, parts, where) if keep or evaluate else None  # RNG reads, config resolve: only when used
+            if keep:
                 save_checkpoint(ckpt_path, state)
                 last_ckpt = f"{ckpt_path} (epoch {where.epoch})"
-            if evaluating and due(cfg.eval_every, where.epoch, last):
+            if evaluate:
                 score, best = evaluate_and_keep_best(cfg, parts, run_dir, where, state, best, tracker)
     tracker.close()
     artifacts.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")

@@ -15,7 +15,7 @@ from gantrain.registry import lookup
 from gantrain.runs import write_status
 from gantrain.sweep import free_bytes, member_bytes
 from gantrain.tracking import NoTracker
-from gantrain.train import (STATS, Parts, Where, build_networks, build_optimizer, checkpoint_state, due,
+from gantrain.train import (STATS, Parts, Where, build_networks, build_optimizer, can_evaluate, checkpoint_state, due,
                             epoch_order, evaluate_and_keep_best, fixed_latents, has_batch_statistics, log_stats,
                             set_matmul_precision)
 from gantrain.vectorized import VectorizedGAN
@@ -78,11 +78,19 @@ def member_parts(model: VectorizedGAN, k: int, cfg, data, gen, device) -> Parts:
     return Parts(G, D, G_ema, opt_g, opt_d, None, data, 0, gen, device)
 
 
-def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None]) -> None:
-    K, cfg0 = len(configs), configs[0]
-    B, L = cfg0.batch_size, cfg0.latent_size
+def optimizer_hyper(configs) -> dict:
+    """The members' Adam hyperparameters, each a list over the members (torch's defaults where unset)."""
+    betas = [c.optim.get("betas", [0.9, 0.999]) for c in configs]
+    return dict(lr=[c.optim.get("lr", 1e-3) for c in configs], beta1=[b[0] for b in betas], beta2=[b[1] for b in betas],
+                eps=[c.optim.get("eps", 1e-8) for c in configs],
+                weight_decay=[c.optim.get("weight_decay", 0.0) for c in configs])
+
+
+def build_batched(configs, data, device, ckpts: list[dict | None], graph: bool):
+    """The members' G and D (each initialised from its own seed, as standalone, or from its checkpoint's
+    weights) stacked into one model, and its step: replayed as a CUDA graph when `graph`."""
     Gs, Ds = [], []
-    for cfg, ckpt in zip(configs, ckpts):  # each member's initial weights from its own seed, as standalone
+    for cfg, ckpt in zip(configs, ckpts):
         torch.manual_seed(cfg.seed)
         G, D = build_networks(cfg, data.shape)
         if ckpt:
@@ -91,17 +99,27 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
         Gs.append(G.to(device))
         Ds.append(D.to(device))
     assert not has_batch_statistics(Gs[0]) and not has_batch_statistics(Ds[0])
-    hyper = {name: [getattr(c.optim, key, default) if key != "betas" else c.optim.get("betas", [0.9, 0.999])[j]
-                    for c in configs]
-             for name, key, default, j in (("lr", "lr", 1e-3, 0), ("beta1", "betas", None, 0), ("beta2", "betas", None, 1),
-                                          ("eps", "eps", 1e-8, 0), ("weight_decay", "weight_decay", 0.0, 0))}
-    model = VectorizedGAN(Gs, Ds, lookup("loss", cfg0.loss.name)(**kwargs_of(cfg0.loss)), hyper,
-                          [c.ema_decay for c in configs])
-    step = model.step
-    if device.type == "cuda" and cfg0.trainer.cuda_graph:  # one graph replay per step, as a standalone run
-        from gantrain.cuda_graph import graphed
+    loss = lookup("loss", configs[0].loss.name)(**kwargs_of(configs[0].loss))
+    model = VectorizedGAN(Gs, Ds, loss, optimizer_hyper(configs), [c.ema_decay for c in configs])
+    if not graph:
+        return model, model.step
+    from gantrain.cuda_graph import graphed
 
-        step = graphed(model.step)
+    return model, graphed(model.step)
+
+
+def member_batches(data, orders: torch.Tensor, i: int, batch_size: int, latent_size: int, gens) -> tuple:
+    """Step i of an epoch for every member: real (K, B, ...) from its own data order, z (K, 2, B, L) from
+    its own generator (as a standalone run draws them)."""
+    real = data.x[orders[:, i * batch_size:(i + 1) * batch_size]]
+    z = torch.stack([torch.randn(2, batch_size, latent_size, generator=g, device=data.x.device) for g in gens])
+    return real, z
+
+
+def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None]) -> None:
+    K, cfg0 = len(configs), configs[0]
+    B, L = cfg0.batch_size, cfg0.latent_size
+    model, step = build_batched(configs, data, device, ckpts, graph=device.type == "cuda" and cfg0.trainer.cuda_graph)
     gens = [torch.Generator(device).manual_seed(c.seed) for c in configs]
     where = Where(0, 0, 0, None)
     for k, ckpt in enumerate(ckpts):
@@ -112,6 +130,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
     fixed_z = [fixed_latents(c, data, device) for c in configs]
     csvs = [artifacts.open_metrics(d / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS)) for d in dirs]
     alive, scores, best = [True] * K, [None] * K, [None] * K
+    evaluating = can_evaluate(cfg0, data)
     for d in dirs:
         write_status(d, "running")
         artifacts.save_real_images(data, d / "real_images.png")
@@ -123,9 +142,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
         tick = time.perf_counter()
         orders = torch.stack([epoch_order(data, g) for g in gens])  # (K, N): each member's own data order
         for i in range(steps_per_epoch):
-            real = data.x[orders[:, i * B:(i + 1) * B]]  # (K, B, ...)
-            z = torch.stack([torch.randn(2, B, L, generator=g, device=device) for g in gens])  # (K, 2, B, L)
-            history[:, i] = step(real, z)
+            history[:, i] = step(*member_batches(data, orders, i, B, L, gens))
             where.step, where.position = where.step + 1, i + 1
             if where.step % cfg0.log_every == 0:
                 check_members(history[:, :i + 1], where, dirs, alive)
@@ -140,13 +157,15 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
         for k in (k for k in range(K) if alive[k]):
             cfg, d = configs[k], dirs[k]
             sample, keep = due(cfg.sample_every, where.epoch, last), due(cfg.ckpt_every, where.epoch, last)
-            evaluate = cfg.eval.enabled and due(cfg.eval_every, where.epoch, last)
+            evaluate = evaluating and due(cfg.eval_every, where.epoch, last)
             if not (sample or keep or evaluate):
                 continue
             parts = member_parts(model, k, cfg, data, gens[k], device)
             if sample:
                 artifacts.save_samples(parts.G_ema or parts.G, fixed_z[k], None, d / "samples" / f"epoch_{where.epoch:04d}.png",
                                        data.x[:len(fixed_z[k])] if data.x.dim() == 2 else None)
+            if not (keep or evaluate):
+                continue
             state = checkpoint_state(cfg, parts, where)
             if keep:
                 save_checkpoint(d / "checkpoints" / "last.pt", state)
