@@ -42,13 +42,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["ring8", "grid25"])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (to split a run over cores)")
     parser.add_argument("--set", nargs="*", default=[], help="extra train overrides, e.g. epochs=5")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for preset in args.presets:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 m, seconds = run(preset, seed, args.set, Path(tmp) / str(seed))
                 kl = m["mode_kl"]["value"]  # null in metrics.json when no sample is high quality
                 rows.append((m["modes"]["value"], m["hq_percent"]["value"], float("inf") if kl is None else kl, seconds))

@@ -83,15 +83,40 @@ def test_gradient_penalty_matches_the_closed_form():
     assert WGANGPLoss(gp_weight=10, r1_gamma=2).penalty(D, real, fake).item() == pytest.approx(160 + 25)
 
 
-def test_r1_matches_a_hand_computed_value():
-    class Square(nn.Module):  # D(x) = sum x^2: grad = 2x
-        def forward(self, x, y=None):
-            return x.pow(2).flatten(1).sum(1)
+class Square(nn.Module):  # D(x) = sum x^2: grad = 2x
+    def forward(self, x, y=None):
+        return x.pow(2).flatten(1).sum(1)
 
+
+def test_r1_matches_a_hand_computed_value():
     real = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
     # gamma/2 * mean ||2x||^2 = 0.5 * mean(4*5, 4*9) = 0.5 * 28 = 14 for gamma = 1
     assert BCELoss(r1_gamma=1.0).penalty(Square(), real, real).item() == pytest.approx(14.0)
     assert BCELoss().penalty(Square(), real, real) is None  # off: no extra forward pass at all
+
+
+def test_lazy_r1_is_the_same_strength_on_one_step_in_n():
+    # D = sum x^2 on the points above: R1 with gamma 1 is 14
+    real, lazy = torch.tensor([[1.0, 2.0], [0.0, 3.0]]), BCELoss(r1_gamma=1.0, r1_every=4)
+    assert lazy.penalty(Square(), real, real).item() == pytest.approx(4 * 14.0)  # gamma x N on its step
+    assert lazy.penalty(Square(), real, real, r1=False) is None
+    assert [lazy.lazy_r1(step) for step in range(6)] == [False, True, True, True, False, True]
+    assert not any(BCELoss(r1_every=4).lazy_r1(step) for step in range(4))  # no R1 at all: nothing to skip
+    D, x = Linear2D([3.0, 4.0]), torch.randn(6, 2)  # WGAN-GP keeps its own penalty on every step
+    assert WGANGPLoss(r1_gamma=2, r1_every=3).penalty(D, x, x, r1=False).item() == pytest.approx(160)
+
+
+def test_training_applies_a_lazy_r1_on_one_step_in_n(cfg, tmp_path, monkeypatch):
+    import gantrain.losses
+
+    calls, real_input_gradients = [], gantrain.losses.input_gradients
+    monkeypatch.setattr(gantrain.losses, "input_gradients", lambda *a: calls.append(1) or real_input_gradients(*a))
+    with open_dict(cfg):
+        cfg.data = {"name": "ring8", "n": 1000, "seed": 0}
+        cfg.loss.r1_gamma, cfg.loss.r1_every = 1.0, 3
+    cfg.epochs, cfg.batch_size = 1, 100  # 10 steps: R1 on steps 0, 3, 6, 9
+    train(cfg, tmp_path, [])
+    assert len(calls) == 4 and finite_weights(tmp_path)
 
 
 def test_penalty_gradients_reach_d():

@@ -39,6 +39,10 @@ def check_train_config(cfg: DictConfig) -> None:
     if not is_int(pack) or pack < 1 or cfg.batch_size % pack:
         raise UserError(f"model.pack must be an integer >= 1 that divides batch_size={cfg.batch_size}, got {pack!r}; "
                         f"e.g. model.pack=2")
+    r1_every = cfg.loss.get("r1_every", 1)
+    if not is_int(r1_every) or r1_every < 1:
+        raise UserError(f"loss.r1_every must be an integer >= 1 (1 = R1 on every step), got {r1_every!r}; "
+                        f"e.g. loss.r1_every=4")
     if not is_int(cfg.trainer.threads) or cfg.trainer.threads < 0:
         raise UserError(f"trainer.threads must be an integer >= 0 (0 = torch's default), got {cfg.trainer.threads!r}")
 

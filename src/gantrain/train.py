@@ -33,13 +33,13 @@ def has_batch_statistics(net: torch.nn.Module) -> bool:
 
 def make_step(G, D, loss, opt_g, opt_d, *, n_critic: int = 1, precision: str = "fp32", joint_d_pass: bool = False,
               skip_nonfinite: bool = False, G_ema=None, ema_decay: float = 0.0):
-    """One GAN step as a closure: step(real, z, y_real=None, y_fake=None) -> stats (4,) on the device.
+    """One GAN step as a closure: step(real, z, y_real=None, y_fake=None, r1=True) -> stats (4,) on the device.
 
     real (n_critic, B, ...) and y_real (n_critic, B) feed the n_critic D updates; z (n_critic + 1, B, latent)
     and y_fake (n_critic + 1, B) their fakes and the G update. joint_d_pass runs D once over [real; fake]:
     the same maths summed in another order (weights differ from two passes by float rounding only).
     skip_nonfinite skips an update whose loss is NaN or Inf (one host sync per update) and counts it in
-    step.skipped.
+    step.skipped. r1=False leaves out the R1 penalty on this step (lazy R1: see losses.py).
     """
     device_type = next(G.parameters()).device.type
     # no cast cache: a CUDA graph capture cannot hold one, and these nets reuse no weight within a pass
@@ -54,7 +54,7 @@ def make_step(G, D, loss, opt_g, opt_d, *, n_critic: int = 1, precision: str = "
             return
         opt.step()
 
-    def step(real, z, y_real=None, y_fake=None):
+    def step(real, z, y_real=None, y_fake=None, r1: bool = True):
         for k in range(n_critic):
             # ---------------------------------------------------------------- #
             # (1) update D: push D(x) up and D(G(z)) down. G is held fixed, so
@@ -70,7 +70,7 @@ def make_step(G, D, loss, opt_g, opt_d, *, n_critic: int = 1, precision: str = "
                 else:
                     real_logits, fake_logits = D(x, y).float(), D(fake, y_f).float()  # (B,), (B,)
                 d_loss = loss.d_loss(real_logits, fake_logits)
-                penalty = loss.penalty(D, x, fake, y, y_f)
+                penalty = loss.penalty(D, x, fake, y, y_f, r1)
             opt_d.zero_grad(set_to_none=True)
             (d_loss if penalty is None else d_loss + penalty).backward()
             update(opt_d, d_loss)
@@ -108,6 +108,7 @@ class Parts:
     G: torch.nn.Module
     D: torch.nn.Module
     G_ema: torch.nn.Module | None  # exponential moving average of G's weights, when ema_decay > 0
+    loss: object  # the Loss from losses.py (the loop asks it which steps skip a lazy R1)
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     step: object  # the closure from make_step
@@ -189,7 +190,7 @@ def build_parts(cfg: DictConfig) -> Parts:
 
         step = graphed(step)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    return Parts(G, D, G_ema, opt_g, opt_d, step, data, num_classes, gen, device)
+    return Parts(G, D, G_ema, loss, opt_g, opt_d, step, data, num_classes, gen, device)
 
 
 def epoch_order(data: TensorData, gen: torch.Generator) -> torch.Tensor:
@@ -401,7 +402,7 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
                             parts.gen, where.position)
             for i, inputs in tqdm(steps, initial=where.position, total=steps_per_epoch, leave=False,
                                   desc=f"epoch {where.epoch + 1}/{cfg.epochs}", disable=not sys.stderr.isatty()):
-                history[i] = parts.step(*inputs)
+                history[i] = parts.step(*inputs, r1=not parts.loss.lazy_r1(where.step))
                 where.step, where.position = where.step + 1, i + 1
                 if where.step % cfg.log_every == 0 or caught:
                     if cfg.on_nan == "stop":

@@ -75,7 +75,7 @@ def member_parts(model: VectorizedGAN, k: int, cfg, data, gen, device) -> Parts:
     opt_g, opt_d = (build_optimizer(cfg.optim, net, cfg.trainer.fast) for net in (G, D))
     model.member_optimizer_state(k, "g", G, opt_g)
     model.member_optimizer_state(k, "d", D, opt_d)
-    return Parts(G, D, G_ema, opt_g, opt_d, None, data, 0, gen, device)
+    return Parts(G, D, G_ema, model.loss, opt_g, opt_d, None, data, 0, gen, device)
 
 
 def optimizer_hyper(configs) -> dict:
