@@ -100,8 +100,8 @@ def test_lazy_r1_is_the_same_strength_on_one_step_in_n():
     real, lazy = torch.tensor([[1.0, 2.0], [0.0, 3.0]]), BCELoss(r1_gamma=1.0, r1_every=4)
     assert lazy.penalty(Square(), real, real).item() == pytest.approx(4 * 14.0)  # gamma x N on its step
     assert lazy.penalty(Square(), real, real, r1=False) is None
-    assert [lazy.lazy_r1(step) for step in range(6)] == [False, True, True, True, False, True]
-    assert not any(BCELoss(r1_every=4).lazy_r1(step) for step in range(4))  # no R1 at all: nothing to skip
+    assert [lazy.r1_due(step) for step in range(6)] == [True, False, False, False, True, False]
+    assert all(BCELoss(r1_every=4).r1_due(step) for step in range(4))  # no R1 at all: nothing to switch off
     D, x = Linear2D([3.0, 4.0]), torch.randn(6, 2)  # WGAN-GP keeps its own penalty on every step
     assert WGANGPLoss(r1_gamma=2, r1_every=3).penalty(D, x, x, r1=False).item() == pytest.approx(160)
 

@@ -24,9 +24,10 @@ class Loss:
     def __init__(self, r1_gamma: float = 0.0, r1_every: int = 1):
         self.r1_gamma, self.r1_every = r1_gamma, r1_every
 
-    def lazy_r1(self, step: int) -> bool:
-        """Whether global step `step` (counted from 0) skips R1: true on all but one step in r1_every."""
-        return bool(self.r1_gamma) and step % self.r1_every != 0
+    def r1_due(self, step: int) -> bool:
+        """Whether global step `step` (counted from 0) takes R1: one step in r1_every. Always true with R1 off,
+        so a run without R1 never switches its step (or its CUDA graph) for nothing."""
+        return not self.r1_gamma or step % self.r1_every == 0
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -108,7 +108,7 @@ class Parts:
     G: torch.nn.Module
     D: torch.nn.Module
     G_ema: torch.nn.Module | None  # exponential moving average of G's weights, when ema_decay > 0
-    loss: object  # the Loss from losses.py (the loop asks it which steps skip a lazy R1)
+    loss: object  # the Loss from losses.py (the loop asks it which steps take a lazy R1)
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     step: object  # the closure from make_step
@@ -402,7 +402,7 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
                             parts.gen, where.position)
             for i, inputs in tqdm(steps, initial=where.position, total=steps_per_epoch, leave=False,
                                   desc=f"epoch {where.epoch + 1}/{cfg.epochs}", disable=not sys.stderr.isatty()):
-                history[i] = parts.step(*inputs, r1=not parts.loss.lazy_r1(where.step))
+                history[i] = parts.step(*inputs, r1=parts.loss.r1_due(where.step))
                 where.step, where.position = where.step + 1, i + 1
                 if where.step % cfg.log_every == 0 or caught:
                     if cfg.on_nan == "stop":
