@@ -43,6 +43,32 @@ def test_packed_discriminator_judges_consecutive_samples_together():
     assert torch.allclose(D(swapped), logits[[1, 0, 2]])
 
 
+def test_heads_route_each_sample_through_its_own_output_layer():
+    """model.heads=3: z[:, 0] in the lower, middle, upper third of its normal CDF picks head 0, 1, 2."""
+    torch.manual_seed(0)
+    G, _ = lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8, heads=3)
+    z = torch.randn(6, 4)
+    z[:, 0] = torch.tensor([-2.0, -0.5, -0.4, 0.0, 0.5, 2.0])  # Phi: 0.02, 0.31, 0.34, 0.5, 0.69, 0.98
+    assert G.heads.choose(z).tolist() == [0, 0, 1, 1, 2, 2]
+    h = G.net(z)  # the shared trunk (B, 8)
+    weight, bias = G.heads.weight.view(3, 2, 8), G.heads.bias
+    by_hand = torch.stack([weight[k] @ h[b] + bias[k] for b, k in enumerate([0, 0, 1, 1, 2, 2])])
+    assert torch.allclose(G(z), by_hand, atol=1e-6)
+    assert not torch.allclose(weight[0], weight[1])  # each head drawn on its own
+
+
+def test_heads_are_picked_with_equal_probability_and_train_only_on_their_samples():
+    torch.manual_seed(0)
+    G, _ = lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8, heads=4)
+    counts = torch.bincount(G.heads.choose(torch.randn(40_000, 4)), minlength=4)
+    assert ((counts / 40_000 - 0.25).abs() < 0.01).all()
+    z = torch.randn(64, 4)
+    z[:, 0] = -3.0  # every sample in head 0
+    G(z).sum().backward()
+    grads = G.heads.weight.grad.abs().sum(1)
+    assert grads[0] > 0 and (grads[1:] == 0).all()
+
+
 def test_bce_loss_values_on_known_logits():
     loss = BCELoss()
     zero = torch.zeros(4)

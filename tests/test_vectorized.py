@@ -37,13 +37,13 @@ def cwd(tmp_path):
 
 IMAGES = ["epochs=2", "data=mnist", "data.root=data", "batch_size=20", "hidden_size=32", "latent_size=8",
           "log_every=5", "eval.n=50", f"device={DEVICE}"]
-POINTS = ["epochs=2", "data=ring8", "data.n=400", "batch_size=50", "hidden_size=32", "latent_size=4",
+POINTS = ["epochs=2", "data=ring8", "data.n=400", "batch_size=50", "hidden_size=32", "latent_size=4", "model.heads=3",
           "log_every=4", f"device={DEVICE}"]
 
 
 @pytest.mark.parametrize("setup,swept", [(IMAGES, ["optim.lr=1e-4,2e-4", "seed=3"]),
                                          (POINTS, ["optim.betas=[0.5,0.9],[0.9,0.999]", "seed=0,1"])],
-                         ids=["mlp-images-lr", "mlp-2d-betas-seeds"])
+                         ids=["mlp-images-lr", "mlp-heads-2d-betas-seeds"])
 def test_members_equal_standalone_runs(cwd, setup, swept):
     """Tolerance 1e-5: the same maths as a standalone run, with Adam written over stacked tensors instead
     of torch's fused kernel and batched matrix products summing in their own order (seen: ~1e-7)."""

@@ -39,6 +39,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if not is_int(pack) or pack < 1 or cfg.batch_size % pack:
         raise UserError(f"model.pack must be an integer >= 1 that divides batch_size={cfg.batch_size}, got {pack!r}; "
                         f"e.g. model.pack=2")
+    heads = cfg.model.get("heads", 1)
+    if not is_int(heads) or heads < 1:
+        raise UserError(f"model.heads must be an integer >= 1 (1 = one output layer), got {heads!r}; e.g. model.heads=64")
     r1_every = cfg.loss.get("r1_every", 1)
     if not is_int(r1_every) or r1_every < 1:
         raise UserError(f"loss.r1_every must be an integer >= 1 (1 = R1 on every step), got {r1_every!r}; "

@@ -7,6 +7,7 @@ Data shapes: images (C, H, W) in [-1, 1]; 2D points (2,) unbounded.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as sn
 
@@ -22,24 +23,55 @@ def hidden_layers(width_in: int, width: int, depth: int, activation) -> list[nn.
     return [m for i in range(depth) for m in (nn.Linear(width_in if i == 0 else width, width), activation())]
 
 
+class Heads(nn.Module):
+    """K output layers over one trunk: sample b goes through head k[b]. h (B, in), k (B,) -> (B, out).
+
+    A mixture of K generators that share all but the last layer (as MAD-GAN's, Ghosh et al. 2018). One
+    continuous G maps a connected latent space onto the data, so on disconnected data (separate modes) it
+    must leave some samples on the way between modes (Khayatkhoei et al. 2018); a head can sit whole on one.
+    """
+
+    def __init__(self, width_in: int, width_out: int, heads: int):
+        super().__init__()
+        bound = width_in ** -0.5  # nn.Linear's default initialisation, drawn for each head
+        self.weight = nn.Parameter(torch.empty(heads, width_out * width_in).uniform_(-bound, bound))  # row k: (out, in)
+        self.bias = nn.Parameter(torch.empty(heads, width_out).uniform_(-bound, bound))
+
+    def choose(self, z: torch.Tensor) -> torch.Tensor:
+        """Head of each latent (B,): z's first coordinate cut into K bins of equal probability (its normal CDF)."""
+        k = torch.special.ndtr(z[:, 0]) * self.bias.shape[0]
+        return k.long().clamp(max=self.bias.shape[0] - 1)
+
+    def forward(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        # each sample's own weight rows, gathered (B, out, in): cheaper than running every head on every sample
+        weight = F.embedding(k, self.weight).view(h.shape[0], -1, h.shape[1])
+        return F.embedding(k, self.bias) + (weight * h.unsqueeze(1)).sum(2)
+
+
 class MLPGenerator(nn.Module):
-    """z (B, latent) [+ label embedding] -> x (B, *out_shape): (Linear-ReLU) x depth - Linear, Tanh for images."""
+    """z (B, latent) [+ label embedding] -> x (B, *out_shape): (Linear-ReLU) x depth - Linear, Tanh for images.
+
+    heads > 1 replaces the last Linear with that many (see Heads), one per sample picked by z[:, 0].
+    """
 
     def __init__(self, latent_size: int, hidden_size: int, out_shape: tuple[int, ...], num_classes: int = 0,
-                 depth: int = 2):
+                 depth: int = 2, heads: int = 1):
         super().__init__()
         self.out_shape = tuple(out_shape)
         self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
-        self.net = nn.Sequential(
-            *hidden_layers(latent_size + num_classes, hidden_size, depth, nn.ReLU),
-            nn.Linear(hidden_size, math.prod(out_shape)),
-            nn.Tanh() if is_image(out_shape) else nn.Identity(),  # points are not bounded to [-1, 1]
-        )
+        trunk = hidden_layers(latent_size + num_classes, hidden_size, depth, nn.ReLU)
+        squash = nn.Tanh() if is_image(out_shape) else nn.Identity()  # points are not bounded to [-1, 1]
+        if heads == 1:  # the reference's layout, and its checkpoints' keys
+            self.net, self.heads = nn.Sequential(*trunk, nn.Linear(hidden_size, math.prod(out_shape)), squash), None
+        else:
+            self.net, self.heads = nn.Sequential(*trunk), Heads(hidden_size, math.prod(out_shape), heads)
+            self.squash = squash
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(y)], dim=1)
-        return self.net(z).view(z.shape[0], *self.out_shape)
+        h = self.net(z if self.embed is None else torch.cat([z, self.embed(y)], dim=1))
+        if self.heads is not None:
+            h = self.squash(self.heads(h, self.heads.choose(z)))
+        return h.view(z.shape[0], *self.out_shape)
 
 
 class MLPDiscriminator(nn.Module):
@@ -67,9 +99,9 @@ class MLPDiscriminator(nn.Module):
 
 @register("model", "mlp")
 def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0, depth: int = 2,
-        pack: int = 1):
+        pack: int = 1, heads: int = 1):
     """The reference MLP pair (G: z-h-h-x, ReLU/Tanh; D: x-h-h-1, LeakyReLU 0.2); also for 2D points."""
-    return (MLPGenerator(latent_size, hidden_size, data_shape, num_classes, depth),
+    return (MLPGenerator(latent_size, hidden_size, data_shape, num_classes, depth, heads),
             MLPDiscriminator(data_shape, hidden_size, num_classes, depth, pack))
 
 
