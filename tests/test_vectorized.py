@@ -88,6 +88,20 @@ def test_a_diverging_member_stops_alone_and_the_report_reads_the_sweep(cwd):
     assert len(list(csv.DictReader(open(cwd / "vn" / "report.csv")))) == 2
 
 
+def test_a_failing_batch_marks_its_members_failed_and_the_sweep_goes_on(cwd):
+    setup = [a for a in IMAGES if not a.startswith("data.root")] + ["eval.enabled=false"]
+    result = run_cli("sweep", "data.root=missing,data", "seed=0,1", *setup, "hydra.sweep.dir=vf", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    states = [json.loads((cwd / "vf" / j / "status.json").read_text()) for j in "0123"]
+    assert [s["state"] for s in states] == ["failed", "failed", "done", "done"]
+    assert all("MNIST not found" in s["reason"] for s in states[:2])
+    assert "jobs 0,1 failed: MNIST not found" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    every_job = run_cli("sweep", "data.root=missing", "seed=0,1", *setup, "hydra.sweep.dir=va", cwd=cwd)
+    assert every_job.returncode == 1  # nothing trained: bad input, so the command fails
+    assert "sweep done: 0 done, 2 failed" in every_job.stdout + every_job.stderr
+
+
 def test_a_member_samples_and_resumes_like_a_normal_run(cwd):
     assert run_cli("sweep", "seed=0,1", *IMAGES, "eval.enabled=false", "hydra.sweep.dir=vr", cwd=cwd).returncode == 0
     ckpt = cwd / "vr" / "1" / "checkpoints" / "last.pt"

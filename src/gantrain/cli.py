@@ -6,6 +6,7 @@ completion all work as in any Hydra program. Bad input is reported as one line, 
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -64,27 +65,44 @@ def one_line_errors(task):
         raise SystemExit(1) from None
 
 
-def run_job(task, run_dir: Path, keep_going: bool, name: str):
-    """A training job with its status.json kept up to date. With keep_going (a job of a sweep) a failed job
-    is recorded and logged, and the others go on; else its error ends the command (see one_line_errors)."""
+@contextmanager
+def job_status(run_dirs: list[Path], keep_going: bool, what: str):
+    """status.json of jobs while they train: `running` on entry. A signal marks each job still running
+    `interrupted` (its checkpoint resumes) and an error marks it `failed` with the error's one line. With
+    keep_going (jobs of a sweep) the error is logged and the sweep goes on; else it ends the command
+    (see one_line_errors). Jobs that have ended on their own (done, or failed alone) keep their status."""
     import logging
 
-    from gantrain.runs import write_status
+    from gantrain.runs import read_status, write_status
 
-    write_status(run_dir, "running")
+    def mark(state: str, reason: str) -> None:
+        for d in run_dirs:
+            if read_status(d).get("state") == "running":
+                write_status(d, state, reason=reason)
+
+    for d in run_dirs:
+        write_status(d, "running")
     try:
-        result = task()
+        yield
     except (SystemExit, KeyboardInterrupt) as e:  # a signal: the checkpoint is saved, the job can resume
-        write_status(run_dir, "interrupted", reason=type(e).__name__)
+        mark("interrupted", type(e).__name__)
         raise
     except Exception as e:
         line = error_line(e)
-        write_status(run_dir, "failed", reason=line or f"{type(e).__name__}: {e}")
+        mark("failed", line or f"{type(e).__name__}: {e}")
         if not keep_going or SHOW_TRACEBACKS:
             raise
-        logging.getLogger("gantrain").error(f"job {name} failed: {line or repr(e)}", exc_info=line is None)
-        return None
-    write_status(run_dir, "done", **({} if result is None else {"metric": result}))
+        logging.getLogger("gantrain").error(f"{what} failed: {line or repr(e)}", exc_info=line is None)
+
+
+def run_job(task, run_dir: Path, keep_going: bool, name: str):
+    """A training job with its status.json kept up to date (see job_status); returns its metric, or None."""
+    from gantrain.runs import write_status
+
+    result = None
+    with job_status([run_dir], keep_going, f"job {name}"):
+        result = task()
+        write_status(run_dir, "done", **({} if result is None else {"metric": result}))
     return result
 
 

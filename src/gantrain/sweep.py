@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from gantrain.runs import read_status
+
 
 log = logging.getLogger("gantrain")
 # values that may differ inside one batched model: they change no tensor shape and no code path
@@ -124,15 +126,17 @@ def sweep_command(argv: list[str]) -> int:
             for i in members:
                 run_alone(configs[i], dirs[i], jobs[i])
         else:
+            from gantrain.cli import job_status
             from gantrain.vectorized_train import train_batched
 
             batch = [i for i in members if not previous_result(configs[i], dirs[i], jobs[i])]
-            if batch:
-                train_batched([configs[i] for i in batch], [dirs[i] for i in batch])
-    states = [json.loads((d / "status.json").read_text())["state"] for d in dirs]
+            if batch:  # an error stops this batch only: its members are marked failed, as a lone job would be
+                with job_status([dirs[i] for i in batch], keep_going=True, what=f"jobs {','.join(map(str, batch))}"):
+                    train_batched([configs[i] for i in batch], [dirs[i] for i in batch])
+    states = [read_status(d).get("state") for d in dirs]
     log.info(f"sweep done: {states.count('done')} done, {states.count('failed')} failed; "
              f"gantrain report {root}")
-    return 0
+    return 0 if "done" in states else 1  # every job failed: most likely bad input, which exits non-zero
 
 
 def previous_result(cfg, run_dir: Path, overrides: list[str]) -> bool:
