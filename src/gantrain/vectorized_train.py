@@ -131,8 +131,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
     csvs = [artifacts.open_metrics(d / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS)) for d in dirs]
     alive, scores, best = [True] * K, [None] * K, [None] * K
     evaluating = can_evaluate(cfg0, data)
-    for d in dirs:
-        write_status(d, "running")
+    for d in dirs:  # status.json says `running` already: the sweep's job_status wrote it for the whole batch
         artifacts.save_real_images(data, d / "real_images.png")
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)
     log.info(f"batched training of {K} members: {steps_per_epoch} steps/epoch, epochs 1..{cfg0.epochs}")
