@@ -15,7 +15,7 @@ def test_stacked_adam_matches_torch_adam_per_member():
     torch.manual_seed(0)
     hyper = dict(lr=[1e-3, 3e-2], beta1=[0.9, 0.5], beta2=[0.999, 0.9], eps=[1e-8, 1e-6], weight_decay=[0.0, 0.1])
     stacked = torch.randn(2, 5, 3)
-    mine = StackedAdam([stacked], **hyper)
+    mine = StackedAdam(stacked.view(2, 15), lambda flat: [flat.view(2, 5, 3)], **hyper)
     refs = [torch.nn.Parameter(stacked[k].clone()) for k in range(2)]
     opts = [torch.optim.Adam([refs[k]], lr=hyper["lr"][k], betas=(hyper["beta1"][k], hyper["beta2"][k]),
                              eps=hyper["eps"][k], weight_decay=hyper["weight_decay"][k]) for k in range(2)]

@@ -6,8 +6,8 @@ in the G step, Adam per member (its own lr, betas, eps, weight decay), EMA per m
 the summed loss gives each member exactly its own gradient.
 
 Each network's parameters live in one (K, N) tensor (checkpoints, the EMA and member access read it in one
-piece); the forward passes and the optimizer see it as one (K, *shape) view per parameter, so gradients
-arrive per parameter in whatever layout the backward pass made them, with no copy into a flat buffer.
+piece); the forward passes see it as one (K, *shape) view per parameter, so gradients arrive per parameter
+in whatever layout the backward pass made them, and the optimizer reads them there as it updates (K, N).
 Nothing in a step asks the host anything: on CUDA the whole step is captured once as a CUDA graph and
 replayed (cuda_graph.py), as a standalone run's step is.
 """
@@ -54,11 +54,21 @@ class StackedParams:
                 **{n: v[k].clone() for n, v in self.buffers.items()}}
 
 
-def adam_update_(p, g, m, v, step_size, w1, w2, bc2_sqrt, eps, wd):
-    """torch.optim.Adam's update, every hyperparameter a tensor broadcast over p (one value per member):
-    g += wd p; m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2); p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
-    if wd is not None:
-        g = g + wd * p
+def adam_step_(p, grads, m, v, t, lr, beta1, beta2, eps, weight_decay, decay: bool):
+    """torch.optim.Adam's step for K members at once. p, m, v: one network's parameters and moments as
+    (K, N) tensors; grads: its gradients, one (K, *shape) tensor per parameter; t: the step count (a 0-dim
+    tensor, incremented here); every hyperparameter a (K,) float64 tensor, one value per member:
+    g += wd p; m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2); p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps).
+    Compiled on CUDA, all of it (bias corrections, the gradients' concatenation, the update) is one or two
+    kernels, where eager it is about ten per parameter: at K=64 a step's kernel count, not its arithmetic,
+    is what a graph replay waits on."""
+    t += 1
+    bc1, bc2_sqrt = 1 - beta1 ** t, (1 - beta2 ** t).sqrt()  # (K,) in float64, as torch computes them in double
+    step_size, w1, w2, bc2_sqrt, eps, weight_decay = [
+        x.to(p.dtype).unsqueeze(1) for x in (lr / bc1, 1 - beta1, 1 - beta2, bc2_sqrt, eps, weight_decay)]  # (K, 1)
+    g = torch.cat([grad.reshape(len(grad), -1) for grad in grads], dim=1)  # (K, N), in the parameters' order
+    if decay:
+        g = g + weight_decay * p
     m.lerp_(g, w1)
     v.lerp_(g.square(), w2)
     p.addcdiv_(m * step_size, v.sqrt().div_(bc2_sqrt).add_(eps), value=-1)  # in place where it can: fewer temporaries
@@ -66,8 +76,9 @@ def adam_update_(p, g, m, v, step_size, w1, w2, bc2_sqrt, eps, wd):
 
 def fused(fn):
     """fn compiled by torch.compile (one kernel instead of about ten passes over the stacked tensors); if
-    compiling fails, fn itself, with one line in the log. Used on CUDA only (CPU runs stay eager)."""
-    compiled, chosen = torch.compile(fn, fullgraph=True), []  # shapes become dynamic after the first recompile
+    compiling fails, fn itself, with one line in the log. Used on CUDA only (CPU runs stay eager).
+    dynamic=False: G's and D's steps (and a chunk of another K) get kernels of their own fixed shapes."""
+    compiled, chosen = torch.compile(fn, fullgraph=True, dynamic=False), []
 
     def call(*args):
         if not chosen:
@@ -85,31 +96,27 @@ def fused(fn):
 
 
 class StackedAdam:
-    """Adam over stacked (K, ...) parameters with per-member hyperparameters (each a list of K values).
+    """Adam over one network's stacked (K, N) parameters with per-member hyperparameters (each a list of K
+    values); `split` cuts a (K, N) tensor into one (K, *shape) view per parameter.
 
     The step count and the bias corrections live on the device and the weight-decay branch is decided
     once, so a step never syncs with the host and can be captured in a CUDA graph.
     """
 
-    def __init__(self, params: list[torch.Tensor], lr, beta1, beta2, eps, weight_decay, compile: bool = False):
-        device = params[0].device
-        hyper = lambda v: torch.as_tensor(v, dtype=torch.float64, device=device)  # (K,)
-        self.params, self.lr, self.beta1, self.beta2 = params, hyper(lr), hyper(beta1), hyper(beta2)
+    def __init__(self, flat: torch.Tensor, split, lr, beta1, beta2, eps, weight_decay, compile: bool = False):
+        hyper = lambda v: torch.as_tensor(v, dtype=torch.float64, device=flat.device)  # (K,)
+        self.flat, self.lr, self.beta1, self.beta2 = flat, hyper(lr), hyper(beta1), hyper(beta2)
         self.eps, self.weight_decay = hyper(eps), hyper(weight_decay)
         self.decay = any(float(w) != 0 for w in weight_decay)
-        self.exp_avg = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
-        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
-        self.t = torch.zeros((), dtype=torch.float64, device=device)  # steps taken
-        self.update = fused(adam_update_) if compile else adam_update_
+        self.m, self.v = torch.zeros_like(flat), torch.zeros_like(flat)  # (K, N) moments
+        self.exp_avg, self.exp_avg_sq = split(self.m), split(self.v)  # per-parameter views, for checkpoints
+        self.t = torch.zeros((), dtype=torch.float64, device=flat.device)  # steps taken
+        self.update = fused(adam_step_) if compile else adam_step_
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
-        self.t += 1
-        bc1, bc2_sqrt = 1 - self.beta1 ** self.t, (1 - self.beta2 ** self.t).sqrt()  # (K,) in float64
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            per = lambda x: x.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))  # (K,) -> broadcast over a member
-            self.update(p, g, m, v, per(self.lr / bc1), per(1 - self.beta1), per(1 - self.beta2), per(bc2_sqrt),
-                        per(self.eps), per(self.weight_decay) if self.decay else None)
+        self.update(self.flat, list(grads), self.m, self.v, self.t, self.lr, self.beta1, self.beta2, self.eps,
+                    self.weight_decay, self.decay)
 
 
 class VectorizedGAN:
@@ -121,8 +128,8 @@ class VectorizedGAN:
         self.loss = loss
         compile = self.g.flat.device.type == "cuda"
         # the optimizers write through detached views of the flat tensors
-        self.opt_g = StackedAdam(self.g.split(self.g.flat.detach()), **optim_hyper, compile=compile)
-        self.opt_d = StackedAdam(self.d.split(self.d.flat.detach()), **optim_hyper, compile=compile)
+        self.opt_g = StackedAdam(self.g.flat.detach(), self.g.split, **optim_hyper, compile=compile)
+        self.opt_d = StackedAdam(self.d.flat.detach(), self.d.split, **optim_hyper, compile=compile)
         self.ema = self.ema_weight = None
         if any(d > 0 for d in ema_decays):
             self.ema = self.g.flat.detach().clone()  # (K, N_g); members without EMA just track G (weight 1)

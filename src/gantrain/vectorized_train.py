@@ -145,9 +145,10 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
             where.step, where.position = where.step + 1, i + 1
             if where.step % cfg0.log_every == 0:
                 check_members(history[:, :i + 1], where, dirs, alive)
+                latest = history[:, i].cpu()  # (K, 4): one copy to the host, not one per member
                 for k in range(K):
                     if alive[k]:
-                        log_stats(where, configs[k], steps_per_epoch, history[k, i], csvs[k], 0, NoTracker())
+                        log_stats(where, configs[k], steps_per_epoch, latest[k], csvs[k], 0, NoTracker())
         check_members(history, where, dirs, alive)  # waits for the epoch's last step: the timing below is true
         seconds["steps"] += time.perf_counter() - tick
         tick = time.perf_counter()
@@ -175,9 +176,10 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
     log.info(f"batched training of {K} members: {steps} steps in {seconds['steps']:.1f} s "
              f"({steps / max(seconds['steps'], 1e-9):.1f} batched steps/s, {K * steps / max(seconds['steps'], 1e-9):.0f} "
              f"model-steps/s); samples, checkpoints and eval {seconds['samples, checkpoints, eval']:.1f} s")
+    for metrics_csv in csvs:
+        metrics_csv.close()
+    artifacts.plot_curves_of(dirs)
     for k, d in enumerate(dirs):
-        csvs[k].close()
-        artifacts.plot_curves(d / "metrics.csv", d / "curves.png")
         if alive[k]:
             write_status(d, "done", **({} if scores[k] is None else {"metric": scores[k]}))
 
