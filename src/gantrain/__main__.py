@@ -1,3 +1,4 @@
 from gantrain.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned worker process (artifacts.plot_curves_of) re-imports it
+    raise SystemExit(main())
