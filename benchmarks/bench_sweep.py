@@ -80,7 +80,10 @@ def vectorized(cfgs, steps: int, warmup: int, graph: bool, profile: bool = False
                 one(i)
             sync(device)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
+        if device.type == "cuda":  # a graph replays these one after another: their count matters at K=64
+            kernels = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
+            print(f"GPU kernels and copies per batched step (noise and batch included): {kernels / 10:.0f}")
     start = time.perf_counter()
     for i in range(steps):
         out = one(i)
