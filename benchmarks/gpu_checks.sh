@@ -12,7 +12,7 @@
 # matplotlib; copy hydra, omegaconf, antlr4 and mlxtend from .venv's site-packages into an ignored .devsite/
 # and carry it). DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
 # Knobs: SET="trainer.precision=tf32" (overrides for the benchmark and the sweep), SWEEP_SET="eval.enabled=false"
-# (the sweep only), SKIP="tests bench_train", PROFILE=1 (the batched step's top kernels), MIN_RATE, SWEEP_LIMIT, TEST_LIMIT.
+# (the sweep only), SKIP="tests bench_train", PROFILE=1 (the batched step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
 set -u
 work=${1:-/tmp/gpu_checks}  # data and run dirs (large)
 results=${2:-$work/results}  # the report, a member's curves and samples
@@ -53,15 +53,17 @@ every=$(( epochs >= 20 ? ${EVERY:-20} : 1 ))  # samples and checkpoints every EV
 start=$SECONDS
 timeout "${SWEEP_LIMIT:-330}" python3 -m gantrain sweep "optim.lr=1e-4,2e-4,4e-4,8e-4" "seed=$seeds" data=mnist "data.root=$data" \
     "epochs=$epochs" "device=$device" "sample_every=$every" "ckpt_every=$every" "hydra.sweep.dir=$work/sweep" ${SET:-} ${SWEEP_SET:-} \
-    2>&1 | grep -v "Epoch\[" | tail -14
+    > "$work/sweep.log" 2>&1
 echo "sweep wall time: $((SECONDS - start)) s (limit ${SWEEP_LIMIT:-330} s)"
+grep -v "Epoch\[" "$work/sweep.log" | tail -14
+grep "Epoch\[" "$work/sweep.log" | tail -1  # how far it got, if the limit stopped it
 COLUMNS=200 python3 -m gantrain report "$work/sweep" 2>&1 | tail -24
 cp "$work/sweep/report.csv" "$work/sweep/0/curves.png" "$results/" 2>/dev/null
 cp "$(ls "$work"/sweep/0/samples/*.png | tail -1)" "$results/member0_last_samples.png" 2>/dev/null
 
 stage "tests on $device"
 skip tests || timeout "${TEST_LIMIT:-300}" env GANTRAIN_TEST_DEVICE=$device python3 -m pytest -q -p no:cacheprovider \
-    -n "${TEST_WORKERS:-8}" tests/test_vectorized.py tests/test_train.py 2>&1 | tail -25
+    -n "${TEST_WORKERS:-8}" ${TESTS:-tests/test_vectorized.py tests/test_train.py} 2>&1 | tail -25
 
 stage "bench_train"
 skip bench_train || python3 benchmarks/bench_train.py --device "$device" --steps "$steps" --rounds 3

@@ -7,7 +7,8 @@ the summed loss gives each member exactly its own gradient.
 
 Each network's parameters live in one (K, N) tensor (checkpoints, the EMA and member access read it in one
 piece); the forward passes see it as one (K, *shape) view per parameter, so gradients arrive per parameter
-in whatever layout the backward pass made them, and the optimizer reads them there as it updates (K, N).
+in whatever layout the backward pass made them, and the optimizer reads them there, with no copy into
+a flat buffer.
 Nothing in a step asks the host anything: on CUDA the whole step is captured once as a CUDA graph and
 replayed (cuda_graph.py), as a standalone run's step is.
 """
@@ -54,21 +55,13 @@ class StackedParams:
                 **{n: v[k].clone() for n, v in self.buffers.items()}}
 
 
-def adam_step_(p, grads, m, v, t, lr, beta1, beta2, eps, weight_decay, decay: bool):
-    """torch.optim.Adam's step for K members at once. p, m, v: one network's parameters and moments as
-    (K, N) tensors; grads: its gradients, one (K, *shape) tensor per parameter; t: the step count (a 0-dim
-    tensor, incremented here); every hyperparameter a (K,) float64 tensor, one value per member:
-    g += wd p; m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2); p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps).
-    Compiled on CUDA, all of it (bias corrections, the gradients' concatenation, the update) is one or two
-    kernels, where eager it is about ten per parameter: at K=64 a step's kernel count, not its arithmetic,
-    is what a graph replay waits on."""
-    t += 1
-    bc1, bc2_sqrt = 1 - beta1 ** t, (1 - beta2 ** t).sqrt()  # (K,) in float64, as torch computes them in double
-    step_size, w1, w2, bc2_sqrt, eps, weight_decay = [
-        x.to(p.dtype).unsqueeze(1) for x in (lr / bc1, 1 - beta1, 1 - beta2, bc2_sqrt, eps, weight_decay)]  # (K, 1)
-    g = torch.cat([grad.reshape(len(grad), -1) for grad in grads], dim=1)  # (K, N), in the parameters' order
-    if decay:
-        g = g + weight_decay * p
+def adam_update_(p, g, m, v, step_size, w1, w2, bc2_sqrt, eps, wd):
+    """torch.optim.Adam's update of one stacked parameter, every hyperparameter a tensor broadcast over p (one
+    value per member): g += wd p; m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2);
+    p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps). One parameter per call, so the compiled kernel can tile
+    a gradient that arrives transposed (a Linear weight's, from the batched backward) and read it coalesced."""
+    if wd is not None:
+        g = g + wd * p
     m.lerp_(g, w1)
     v.lerp_(g.square(), w2)
     p.addcdiv_(m * step_size, v.sqrt().div_(bc2_sqrt).add_(eps), value=-1)  # in place where it can: fewer temporaries
@@ -76,9 +69,8 @@ def adam_step_(p, grads, m, v, t, lr, beta1, beta2, eps, weight_decay, decay: bo
 
 def fused(fn):
     """fn compiled by torch.compile (one kernel instead of about ten passes over the stacked tensors); if
-    compiling fails, fn itself, with one line in the log. Used on CUDA only (CPU runs stay eager).
-    dynamic=False: G's and D's steps (and a chunk of another K) get kernels of their own fixed shapes."""
-    compiled, chosen = torch.compile(fn, fullgraph=True, dynamic=False), []
+    compiling fails, fn itself, with one line in the log. Used on CUDA only (CPU runs stay eager)."""
+    compiled, chosen = torch.compile(fn, fullgraph=True), []  # shapes become dynamic after the first recompile
 
     def call(*args):
         if not chosen:
@@ -100,23 +92,32 @@ class StackedAdam:
     values); `split` cuts a (K, N) tensor into one (K, *shape) view per parameter.
 
     The step count and the bias corrections live on the device and the weight-decay branch is decided
-    once, so a step never syncs with the host and can be captured in a CUDA graph.
+    once, so a step never syncs with the host and can be captured in a CUDA graph. The constant
+    hyperparameters are cast once, here: at K=64 a step's kernel count, not its arithmetic, is what a graph
+    replay waits on, and casting them every step cost ~60 tiny kernels a network.
     """
 
     def __init__(self, flat: torch.Tensor, split, lr, beta1, beta2, eps, weight_decay, compile: bool = False):
-        hyper = lambda v: torch.as_tensor(v, dtype=torch.float64, device=flat.device)  # (K,)
-        self.flat, self.lr, self.beta1, self.beta2 = flat, hyper(lr), hyper(beta1), hyper(beta2)
-        self.eps, self.weight_decay = hyper(eps), hyper(weight_decay)
-        self.decay = any(float(w) != 0 for w in weight_decay)
+        f64 = lambda v: torch.as_tensor(v, dtype=torch.float64, device=flat.device)  # (K,)
+        own = lambda v: f64(v).to(flat.dtype)  # (K,) in the parameters' dtype
+        self.lr, self.beta1, self.beta2 = f64(lr), f64(beta1), f64(beta2)
+        self.w1, self.w2, self.eps = own(1 - self.beta1), own(1 - self.beta2), own(eps)
+        self.weight_decay = own(weight_decay) if any(float(w) != 0 for w in weight_decay) else None
+        self.params = split(flat)
         self.m, self.v = torch.zeros_like(flat), torch.zeros_like(flat)  # (K, N) moments
-        self.exp_avg, self.exp_avg_sq = split(self.m), split(self.v)  # per-parameter views, for checkpoints
+        self.exp_avg, self.exp_avg_sq = split(self.m), split(self.v)  # their per-parameter views
         self.t = torch.zeros((), dtype=torch.float64, device=flat.device)  # steps taken
-        self.update = fused(adam_step_) if compile else adam_step_
+        self.update = fused(adam_update_) if compile else adam_update_
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
-        self.update(self.flat, list(grads), self.m, self.v, self.t, self.lr, self.beta1, self.beta2, self.eps,
-                    self.weight_decay, self.decay)
+        self.t += 1
+        bc1, bc2 = 1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t  # (K,) in float64, as torch computes them
+        step_size, bc2_sqrt = (self.lr / bc1).to(self.m.dtype), bc2.sqrt().to(self.m.dtype)
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            per = lambda x: None if x is None else x.view((-1,) + (1,) * (p.dim() - 1))  # (K,) -> over a member
+            self.update(p, g, m, v, per(step_size), per(self.w1), per(self.w2), per(bc2_sqrt), per(self.eps),
+                        per(self.weight_decay))
 
 
 class VectorizedGAN:
