@@ -8,14 +8,15 @@ import torch
 
 from conftest import DEVICE, run_cli, write_mnist
 from gantrain.checkpoint import load_checkpoint
-from gantrain.vectorized import StackedAdam
+from gantrain.networks import MLPDiscriminator, MLPGenerator
+from gantrain.vectorized import StackedAdam, StackedParams, batched
 
 
 def test_stacked_adam_matches_torch_adam_per_member():
     torch.manual_seed(0)
     hyper = dict(lr=[1e-3, 3e-2], beta1=[0.9, 0.5], beta2=[0.999, 0.9], eps=[1e-8, 1e-6], weight_decay=[0.0, 0.1])
     stacked = torch.randn(2, 5, 3)
-    mine = StackedAdam(stacked.view(2, 15), lambda flat: [flat.view(2, 5, 3)], **hyper)
+    mine = StackedAdam(stacked.view(2, 15), lambda flat: [flat.view(2, 5, 3)], lambda grads: [grads[0].view(2, 15)], **hyper)
     refs = [torch.nn.Parameter(stacked[k].clone()) for k in range(2)]
     opts = [torch.optim.Adam([refs[k]], lr=hyper["lr"][k], betas=(hyper["beta1"][k], hyper["beta2"][k]),
                              eps=hyper["eps"][k], weight_decay=hyper["weight_decay"][k]) for k in range(2)]
@@ -27,6 +28,25 @@ def test_stacked_adam_matches_torch_adam_per_member():
             opts[k].step()
     for k in range(2):
         assert torch.allclose(stacked[k], refs[k].detach(), atol=1e-6, rtol=1e-5), k
+
+
+@pytest.mark.parametrize("make", [lambda: MLPDiscriminator((1, 4, 4), 8, pack=2),
+                                  lambda: MLPGenerator(3, 8, (2,), depth=3, heads=2)], ids=["mlp-d-packed", "mlp-g-heads"])
+def test_stacked_params_hold_members_in_the_layout_their_gradients_arrive_in(make):
+    """Members round-trip through the (K, N) tensor exactly, and every gradient of a batched backward
+    flattens into it as a view: no copy before the optimizer, which reads all its tensors in one order."""
+    torch.manual_seed(0)
+    modules = [make() for _ in range(3)]
+    stack = StackedParams(modules)
+    assert any(stack.transposed) and not all(stack.transposed)  # Linear weights yes, biases (and heads) no
+    for k, module in enumerate(modules):
+        mine = stack.member(stack.flat, k)
+        assert all(torch.equal(mine[n], v) and mine[n].is_contiguous() for n, v in module.state_dict().items())
+    x = torch.randn(3, 4, *(1, 4, 4) if isinstance(modules[0], MLPDiscriminator) else (3,))
+    views = stack.views()
+    grads = torch.autograd.grad(batched(modules[0])(views, stack.buffers, x).square().sum(), list(views.values()))
+    for g, flat in zip(grads, stack.flatten(list(grads))):
+        assert flat.data_ptr() == g.data_ptr() and flat.is_contiguous()
 
 
 @pytest.fixture
