@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gantrain.artifacts import pyplot, read_metrics
+from gantrain.curves import pyplot, read_metrics
 from gantrain.errors import UserError
 from gantrain.runs import job_overrides, read_status
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gantrain import artifacts
+from gantrain import artifacts, curves
 from gantrain.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from gantrain.config import check_train_config, config_for_resume, kwargs_of, pick_device, user_path
 from gantrain.data import TensorData, load_data
@@ -431,6 +431,6 @@ def fit(cfg, parts: Parts, run_dir: Path, where: Where) -> float | None:
             if evaluate:
                 score, best = evaluate_and_keep_best(cfg, parts, run_dir, where, state, best, tracker)
     tracker.close()
-    artifacts.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+    curves.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
     log.info(f"done: {where.step} steps; checkpoint, samples and curves in {run_dir}")
     return score

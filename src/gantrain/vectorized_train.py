@@ -1,12 +1,13 @@
 """The loop of a batched sweep: K members stepped together, each with its own data order, noise, log,
 samples, checkpoints, metrics and status, written exactly as a standalone run writes them."""
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from gantrain import artifacts
+from gantrain import artifacts, curves
 from gantrain.checkpoint import load_weights, save_checkpoint
 from gantrain.config import check_train_config, kwargs_of, pick_device
 from gantrain.errors import UserError
@@ -131,8 +132,10 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
     csvs = [artifacts.open_metrics(d / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS)) for d in dirs]
     alive, scores, best = [True] * K, [None] * K, [None] * K
     evaluating = can_evaluate(cfg0, data)
-    for d in dirs:  # status.json says `running` already: the sweep's job_status wrote it for the whole batch
-        artifacts.save_real_images(data, d / "real_images.png")
+    # status.json says `running` already: the sweep's job_status wrote it for the whole batch
+    artifacts.save_real_images(data, dirs[0] / "real_images.png")  # the same data for every member: drawn once
+    for d in dirs[1:]:
+        shutil.copyfile(dirs[0] / "real_images.png", d / "real_images.png")
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)
     log.info(f"batched training of {K} members: {steps_per_epoch} steps/epoch, epochs 1..{cfg0.epochs}")
     seconds = {"steps": 0.0, "samples, checkpoints, eval": 0.0}
@@ -178,7 +181,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
              f"model-steps/s); samples, checkpoints and eval {seconds['samples, checkpoints, eval']:.1f} s")
     for metrics_csv in csvs:
         metrics_csv.close()
-    artifacts.plot_curves_of(dirs)
+    curves.plot_curves_of(dirs)
     for k, d in enumerate(dirs):
         if alive[k]:
             write_status(d, "done", **({} if scores[k] is None else {"metric": scores[k]}))
