@@ -89,7 +89,17 @@ def vectorized(cfgs, steps: int, warmup: int, graph: bool, profile: bool = False
         out = one(i)
     out.tolist()
     sync(device)
-    return len(cfgs) * steps / (time.perf_counter() - start)
+    rate = len(cfgs) * steps / (time.perf_counter() - start)
+    if graph:  # what bounds a step: making its inputs (K noise draws, a gather) or the replayed step itself
+        inputs = member_batches(data, orders, 0, B, L, gens)
+        for name, work in (("inputs only", lambda i: member_batches(data, orders, i % per_epoch, B, L, gens)[1]),
+                           ("replay only", lambda i: step(*inputs))):
+            start = time.perf_counter()
+            for i in range(steps):
+                out = work(i)
+            sync(device)
+            print(f"  {name:11s}: {steps / (time.perf_counter() - start):9.1f} batched steps/s")
+    return rate
 
 
 def main() -> None:

@@ -69,7 +69,8 @@ def test_members_equal_standalone_runs(cwd, setup, swept):
     of torch's fused kernel and batched matrix products summing in their own order (seen: ~1e-7)."""
     sweep = run_cli("sweep", *swept, "ema_decay=0.9", *setup, "hydra.sweep.dir=vs", cwd=cwd)
     assert sweep.returncode == 0, sweep.stderr
-    jobs = sorted(p.name for p in (cwd / "vs").iterdir())
+    jobs = sorted(p.name for p in (cwd / "vs").iterdir() if p.is_dir())
+    assert "batched training of" in (cwd / "vs" / "sweep.log").read_text()  # the sweep's log, timestamped
     assert f"jobs {','.join(jobs)}: batched together (K={len(jobs)})" in sweep.stdout
     alone = run_cli("train", "-m", *swept, "ema_decay=0.9", *setup, "hydra.sweep.dir=plain", cwd=cwd)
     assert alone.returncode == 0, alone.stderr
@@ -94,6 +95,20 @@ def test_mixed_sweep_is_grouped_and_the_split_is_told(cwd):
     # mlp jobs: 0, 1 (hidden 32, 64 at lr 1e-4), 2, 3 (lr 2e-4): same shapes pair up across learning rates
     assert batched == [[0, 2], [1, 3]]
     assert [i for i, _ in alone] == [4, 5, 6, 7] and all("model=dcgan" in r for _, r in alone)
+
+
+def test_a_large_sweep_composes_in_processes_exactly_as_one_by_one():
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    from gantrain.sweep import compose_job, compose_jobs, expand
+
+    jobs = expand(["optim.lr=1e-4,2e-4", "seed=range(8)", "model=mlp,dcgan"])  # 32 jobs: worker processes
+    together = compose_jobs(jobs)
+    assert [OmegaConf.to_container(c) for c in together] == [OmegaConf.to_container(compose_job(j)) for j in jobs]
+    assert OmegaConf.is_struct(together[0])  # a typo in a later override still fails
+    with pytest.raises(ConfigCompositionException, match="nokey"):
+        compose_jobs(expand(["seed=range(32)", "nokey=1"]))  # Hydra's own error comes back from the workers
 
 
 def test_a_diverging_member_stops_alone_and_the_report_reads_the_sweep(cwd):

@@ -1,4 +1,4 @@
 from gantrain.cli import main
 
-if __name__ == "__main__":  # not when a spawned worker process (curves.plot_curves_of) re-imports it
+if __name__ == "__main__":  # not when a spawned worker process (plots, sweep composition) re-imports it
     raise SystemExit(main())

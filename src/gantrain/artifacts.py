@@ -1,9 +1,8 @@
-"""What a run leaves for people to look at: image grids and scatter plots, and metrics.csv (curves.py draws it)."""
+"""What a run leaves for people to look at: image grids and scatter plots, and metrics.csv (curves.py draws it).
+Saving a grid or a scatter touches no global state, so a batched sweep writes its members' files from threads."""
 from pathlib import Path
 
 import torch
-
-from gantrain.curves import pyplot
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -21,8 +20,10 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
 
 def save_scatter(points: torch.Tensor, path: Path, real: torch.Tensor | None = None, title: str = "") -> None:
     """Save (N, 2) points as a scatter plot PNG, over real points in grey when given."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    from matplotlib.figure import Figure  # not pyplot: its global figure list is not thread-safe, and Agg is the default
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     if real is not None:
         ax.scatter(*real.detach().float().cpu().T, s=2, c="0.75", label="real")
     ax.scatter(*points.detach().float().cpu().T, s=2, c="tab:blue", label="generated" if real is not None else None)
@@ -32,7 +33,6 @@ def save_scatter(points: torch.Tensor, path: Path, real: torch.Tensor | None = N
         ax.legend(loc="upper right", markerscale=4)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def save_examples(x: torch.Tensor, path: Path, nrow: int = 8, real: torch.Tensor | None = None) -> None:
@@ -49,12 +49,18 @@ def save_real_images(data, path: Path) -> None:
 
 
 @torch.no_grad()
-def save_samples(G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, path: Path, real=None) -> None:
-    """G(z, y) for a fixed z as a grid or scatter, with G in eval mode (BatchNorm uses its running statistics)."""
+def generate(G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """G(z, y) with G in eval mode (BatchNorm uses its running statistics), then back in the mode it was in."""
     was_training = G.training
     G.eval()
-    save_examples(G(z, y), path, real=real)
+    out = G(z, y)
     G.train(was_training)
+    return out
+
+
+def save_samples(G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, path: Path, real=None) -> None:
+    """G(z, y) for a fixed z as a grid or scatter."""
+    save_examples(generate(G, z, y), path, real=real)
 
 
 def open_metrics(path: Path, columns: tuple[str, ...]):

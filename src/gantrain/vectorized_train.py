@@ -1,8 +1,10 @@
 """The loop of a batched sweep: K members stepped together, each with its own data order, noise, log,
 samples, checkpoints, metrics and status, written exactly as a standalone run writes them."""
 import logging
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -57,10 +59,13 @@ def train_batched(configs, dirs: list[Path]) -> None:
     by_epoch: dict[int, list[int]] = {}
     for k, ckpt in enumerate(ckpts):
         by_epoch.setdefault(ckpt["epoch"] if ckpt else 0, []).append(k)
-    for members in by_epoch.values():
-        for start in range(0, len(members), k_max):
-            chunk = members[start:start + k_max]
-            train_chunk([configs[k] for k in chunk], [dirs[k] for k in chunk], data, device, [ckpts[k] for k in chunk])
+    # samples' PNGs and checkpoints are written by threads (encoding, fsync), while the GPU work stays in this one
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="gantrain-writer") as writer:
+        for members in by_epoch.values():
+            for start in range(0, len(members), k_max):
+                chunk = members[start:start + k_max]
+                train_chunk([configs[k] for k in chunk], [dirs[k] for k in chunk], data, device,
+                            [ckpts[k] for k in chunk], writer)
 
 
 def member_parts(model: VectorizedGAN, k: int, cfg, data, gen, device) -> Parts:
@@ -117,7 +122,8 @@ def member_batches(data, orders: torch.Tensor, i: int, batch_size: int, latent_s
     return real, z
 
 
-def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None]) -> None:
+def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None],
+                writer: ThreadPoolExecutor) -> None:
     K, cfg0 = len(configs), configs[0]
     B, L = cfg0.batch_size, cfg0.latent_size
     model, step = build_batched(configs, data, device, ckpts, graph=device.type == "cuda" and cfg0.trainer.cuda_graph)
@@ -157,6 +163,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
         tick = time.perf_counter()
         where.epoch, where.position = where.epoch + 1, 0
         last = where.epoch == cfg0.epochs
+        writes = []  # futures of this epoch's file writes
         for k in (k for k in range(K) if alive[k]):
             cfg, d = configs[k], dirs[k]
             sample, keep = due(cfg.sample_every, where.epoch, last), due(cfg.ckpt_every, where.epoch, last)
@@ -165,15 +172,18 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
                 continue
             parts = member_parts(model, k, cfg, data, gens[k], device)
             if sample:
-                artifacts.save_samples(parts.G_ema or parts.G, fixed_z[k], None, d / "samples" / f"epoch_{where.epoch:04d}.png",
-                                       data.x[:len(fixed_z[k])] if data.x.dim() == 2 else None)
+                images = artifacts.generate(parts.G_ema or parts.G, fixed_z[k], None).cpu()
+                writes.append(writer.submit(artifacts.save_examples, images, d / "samples" / f"epoch_{where.epoch:04d}.png",
+                                            real=data.x[:len(fixed_z[k])].cpu() if data.x.dim() == 2 else None))
             if not (keep or evaluate):
                 continue
             state = checkpoint_state(cfg, parts, where)
             if keep:
-                save_checkpoint(d / "checkpoints" / "last.pt", state)
+                writes.append(writer.submit(save_checkpoint, d / "checkpoints" / "last.pt", state))
             if evaluate:
                 scores[k], best[k] = evaluate_and_keep_best(cfg, parts, d, where, state, best[k], NoTracker())
+        for write in writes:
+            write.result()  # a failed write stops the batch here, as it would have unthreaded
         seconds["samples, checkpoints, eval"] += time.perf_counter() - tick
     steps = where.step - first_step
     log.info(f"batched training of {K} members: {steps} steps in {seconds['steps']:.1f} s "
