@@ -69,6 +69,21 @@ def test_heads_are_picked_with_equal_probability_and_train_only_on_their_samples
     assert grads[0] > 0 and (grads[1:] == 0).all()
 
 
+def test_seeded_heads_start_one_on_each_separate_mode_and_the_seed_decides_which_points():
+    """model.seed_heads: k-means++ seeding over 25 tight clusters picks one point of every cluster."""
+    from gantrain.data import grid25
+
+    points = grid25(n=5000, seed=1)
+    G, _ = lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8, heads=25)
+    G.heads.seed_(points.x, torch.Generator().manual_seed(0))
+    nearest = torch.cdist(G.heads.bias.detach(), points.x).argmin(1)
+    assert sorted(points.y[nearest].tolist()) == list(range(25))  # every mode holds exactly one head
+    again, other = (lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8, heads=25)[0] for _ in range(2))
+    again.heads.seed_(points.x, torch.Generator().manual_seed(0))
+    other.heads.seed_(points.x, torch.Generator().manual_seed(1))
+    assert torch.equal(again.heads.bias, G.heads.bias) and not torch.equal(other.heads.bias, G.heads.bias)
+
+
 def test_bce_loss_values_on_known_logits():
     loss = BCELoss()
     zero = torch.zeros(4)

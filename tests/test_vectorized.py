@@ -58,6 +58,7 @@ def cwd(tmp_path):
 IMAGES = ["epochs=2", "data=mnist", "data.root=data", "batch_size=20", "hidden_size=32", "latent_size=8",
           "log_every=5", "eval.n=50", f"device={DEVICE}"]
 POINTS = ["epochs=2", "data=ring8", "data.n=400", "batch_size=50", "hidden_size=32", "latent_size=4", "model.heads=3",
+          "model.seed_heads=true",
           "log_every=4", f"device={DEVICE}"]
 
 

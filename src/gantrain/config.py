@@ -42,6 +42,9 @@ def check_train_config(cfg: DictConfig) -> None:
     heads = cfg.model.get("heads", 1)
     if not is_int(heads) or heads < 1:
         raise UserError(f"model.heads must be an integer >= 1 (1 = one output layer), got {heads!r}; e.g. model.heads=64")
+    if cfg.model.get("seed_heads", False) and heads < 2:
+        raise UserError(f"model.seed_heads=true starts G's heads at data points, and model.heads={heads}; "
+                        f"set model.heads > 1 (e.g. one a mode) or drop seed_heads")
     r1_every = cfg.loss.get("r1_every", 1)
     if not is_int(r1_every) or r1_every < 1:
         raise UserError(f"loss.r1_every must be an integer >= 1 (1 = R1 on every step), got {r1_every!r}; "

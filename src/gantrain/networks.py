@@ -37,6 +37,18 @@ class Heads(nn.Module):
         self.weight = nn.Parameter(torch.empty(heads, width_out * width_in).uniform_(-bound, bound))  # row k: (out, in)
         self.bias = nn.Parameter(torch.empty(heads, width_out).uniform_(-bound, bound))
 
+    @torch.no_grad()
+    def seed_(self, points: torch.Tensor, generator: torch.Generator) -> None:
+        """Start each head at a data point, chosen by k-means++ seeding (Arthur & Vassilvitskii 2007) among
+        `points` (N, out): each next one drawn with probability proportional to its squared distance from
+        those chosen so far, so the heads start spread over the data, not all at G's first output."""
+        chosen = [int(torch.randint(len(points), (1,), generator=generator))]
+        d2 = (points - points[chosen[0]]).square().sum(1)  # (N,) to the nearest chosen point
+        while len(chosen) < self.bias.shape[0]:
+            chosen.append(int(torch.multinomial(d2, 1, generator=generator)))
+            d2 = torch.minimum(d2, (points - points[chosen[-1]]).square().sum(1))
+        self.bias.copy_(points[chosen])
+
     def choose(self, z: torch.Tensor) -> torch.Tensor:
         """Head of each latent (B,): z's first coordinate cut into K bins of equal probability (its normal CDF)."""
         k = torch.special.ndtr(z[:, 0]) * self.bias.shape[0]

@@ -129,11 +129,22 @@ def build_networks(cfg, data_shape, num_classes: int = 0) -> tuple[torch.nn.Modu
     builder = lookup("model", cfg.model.name)
     kwargs = kwargs_of(cfg.model)
     kwargs.pop("conditional", None)  # decided by the caller, who knows the data's classes
+    kwargs.pop("seed_heads", None)  # needs the data: seed_heads() does it
     try:
         return builder(data_shape=tuple(data_shape), latent_size=cfg.latent_size, hidden_size=cfg.hidden_size,
                        num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise UserError(f"model '{cfg.model.name}' got a bad option ({e}); see conf/model/{cfg.model.name}.yaml") from None
+
+
+def seed_heads(G: torch.nn.Module, cfg, data: TensorData) -> None:
+    """model.seed_heads: G's heads start at data points (k-means++ seeding over 10,000 of them), from the seed."""
+    if cfg.model.get("seed_heads", False):
+        if data.x.dim() != 2:
+            raise UserError(f"model.seed_heads=true starts G's heads at data points, for 2D data (ring8, grid25); "
+                            f"{cfg.data.name} holds images: drop seed_heads")
+        points = data.x[:10_000].cpu()
+        G.heads.seed_(points, torch.Generator().manual_seed(cfg.seed))
 
 
 FUSED_OPTIMIZERS = ("adam", "adamw", "sgd")  # torch has one-kernel (fused) versions of these on CPU and CUDA
@@ -176,7 +187,9 @@ def build_parts(cfg: DictConfig) -> Parts:
         raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
                         f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
     num_classes = classes_of(cfg, data)
-    G, D = (net.to(device) for net in build_networks(cfg, data.shape, num_classes))
+    G, D = build_networks(cfg, data.shape, num_classes)
+    seed_heads(G, cfg, data)
+    G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
     loss = lookup("loss", cfg.loss.name)(**kwargs_of(cfg.loss))
     skip = cfg.on_nan == "skip"

@@ -20,7 +20,7 @@ from gantrain.sweep import free_bytes, member_bytes
 from gantrain.tracking import NoTracker
 from gantrain.train import (STATS, Parts, Where, build_networks, build_optimizer, can_evaluate, checkpoint_state, due,
                             epoch_order, evaluate_and_keep_best, fixed_latents, has_batch_statistics, log_stats,
-                            set_matmul_precision)
+                            seed_heads, set_matmul_precision)
 from gantrain.vectorized import VectorizedGAN
 
 log = logging.getLogger("gantrain")
@@ -99,6 +99,7 @@ def build_batched(configs, data, device, ckpts: list[dict | None], graph: bool):
     for cfg, ckpt in zip(configs, ckpts):
         torch.manual_seed(cfg.seed)
         G, D = build_networks(cfg, data.shape)
+        seed_heads(G, cfg, data)
         if ckpt:
             load_weights(G, ckpt["G"])
             load_weights(D, ckpt["D"])
