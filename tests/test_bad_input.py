@@ -93,7 +93,7 @@ TRAIN_CASES = {
     "pack not dividing the batch": (["model.pack=3"], "model.pack must be an integer >= 1 that divides batch_size=100"),
     "zero heads": (["model.heads=0"], "model.heads must be an integer >= 1"),
     "seeded heads without heads": (["model.seed_heads=true"], "set model.heads > 1"),
-    "seeded heads on images": (["model.seed_heads=true", "model.heads=2"], "for 2D data (ring8, grid25)"),
+    "seeded heads on images": (["model.seed_heads=true", "model.heads=2"], "for 2D data (ring8, grid25); data=mnist_sample"),
     "lazy R1 every 0 steps": (["loss.r1_every=0"], "loss.r1_every must be an integer >= 1"),
     "device unknown": (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
     "zero epochs": (["epochs=0"], "epochs must be an integer >= 1, got 0"),

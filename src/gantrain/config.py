@@ -42,9 +42,15 @@ def check_train_config(cfg: DictConfig) -> None:
     heads = cfg.model.get("heads", 1)
     if not is_int(heads) or heads < 1:
         raise UserError(f"model.heads must be an integer >= 1 (1 = one output layer), got {heads!r}; e.g. model.heads=64")
-    if cfg.model.get("seed_heads", False) and heads < 2:
-        raise UserError(f"model.seed_heads=true starts G's heads at data points, and model.heads={heads}; "
-                        f"set model.heads > 1 (e.g. one a mode) or drop seed_heads")
+    if cfg.model.get("seed_heads", False):
+        from gantrain.data import MIXTURES
+
+        if heads < 2:
+            raise UserError(f"model.seed_heads=true starts G's heads at data points, and model.heads={heads}; "
+                            f"set model.heads > 1 (e.g. one a mode) or drop seed_heads")
+        if cfg.data.name not in MIXTURES:
+            raise UserError(f"model.seed_heads=true starts G's heads at data points, for 2D data "
+                            f"({', '.join(MIXTURES)}); data={cfg.data.name} holds images: drop seed_heads")
     r1_every = cfg.loss.get("r1_every", 1)
     if not is_int(r1_every) or r1_every < 1:
         raise UserError(f"loss.r1_every must be an integer >= 1 (1 = R1 on every step), got {r1_every!r}; "

@@ -139,12 +139,8 @@ def build_networks(cfg, data_shape, num_classes: int = 0) -> tuple[torch.nn.Modu
 
 def seed_heads(G: torch.nn.Module, cfg, data: TensorData) -> None:
     """model.seed_heads: G's heads start at data points (k-means++ seeding over 10,000 of them), from the seed."""
-    if cfg.model.get("seed_heads", False):
-        if data.x.dim() != 2:
-            raise UserError(f"model.seed_heads=true starts G's heads at data points, for 2D data (ring8, grid25); "
-                            f"{cfg.data.name} holds images: drop seed_heads")
-        points = data.x[:10_000].cpu()
-        G.heads.seed_(points, torch.Generator().manual_seed(cfg.seed))
+    if cfg.model.get("seed_heads", False):  # 2D data and heads > 1: check_train_config made sure
+        G.heads.seed_(data.x[:10_000].cpu(), torch.Generator().manual_seed(cfg.seed))
 
 
 FUSED_OPTIMIZERS = ("adam", "adamw", "sgd")  # torch has one-kernel (fused) versions of these on CPU and CUDA
