@@ -5,7 +5,8 @@
 The overrides expand as `gantrain train -m` expands them (Hydra's own parser and basic sweeper). Members
 that differ only in values that do not change tensor shapes are trained together (vectorized.py); the
 rest run one by one as `gantrain train` would. Either way each member gets the multirun layout:
-outputs/train-multirun/<date>/<time>/<num>/ with .hydra/, metrics.csv, samples, checkpoints, status.json.
+outputs/train-multirun/<date>/<time>/<num>/ with .hydra/, metrics.csv, samples, checkpoints, status.json,
+and the sweep's own log, timestamped, in outputs/train-multirun/<date>/<time>/sweep.log.
 """
 import json
 import logging
