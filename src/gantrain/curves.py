@@ -1,12 +1,8 @@
 """curves.png from metrics.csv, with matplotlib only: no torch here, so `gantrain report` and the worker
 processes that draw a batched sweep's curves start in a fraction of a second."""
-import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-log = logging.getLogger("gantrain")
+from gantrain.processes import map_in_processes
 
 
 def pyplot():
@@ -52,15 +48,6 @@ def plot_curves(metrics_csv: Path, path: Path) -> None:
 
 def plot_curves_of(run_dirs: list[Path]) -> None:
     """curves.png for many runs at once (a batched sweep's members), in worker processes where there are
-    cores to spare: a plot costs ~0.15 s of matplotlib, 64 of them ~10 s on one core. One by one when the
-    machine has one core or the pool cannot start."""
-    workers = min(len(run_dirs) // 4, os.cpu_count() or 1, 8)
-    if workers > 1:
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                list(pool.map(plot_curves, [d / "metrics.csv" for d in run_dirs], [d / "curves.png" for d in run_dirs]))
-            return
-        except Exception as e:  # a pool is a speed-up only
-            log.warning(f"plotting in {workers} processes failed ({type(e).__name__}: {e}); plotting one by one")
-    for d in run_dirs:
-        plot_curves(d / "metrics.csv", d / "curves.png")
+    cores to spare: a plot costs ~0.15 s of matplotlib, 64 of them ~10 s on one core."""
+    map_in_processes(plot_curves, [d / "metrics.csv" for d in run_dirs], [d / "curves.png" for d in run_dirs],
+                     per_worker=4, what="plotting")

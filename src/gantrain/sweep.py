@@ -11,16 +11,13 @@ and the sweep's own log, timestamped, in outputs/train-multirun/<date>/<time>/sw
 import json
 import logging
 import math
-import multiprocessing
-import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from gantrain.processes import map_in_processes
 from gantrain.runs import read_status
 
 
@@ -50,14 +47,7 @@ def compose_jobs(jobs: list[list[str]]) -> list:
     """Every job's config. Hydra takes ~70-90 ms of Python a job, so a large sweep composes in worker
     processes (this module imports no torch: they start in under a second). A bad override fails there
     with Hydra's own error, as it would here."""
-    workers = min(len(jobs) // 8, os.cpu_count() or 1, 8)
-    if workers > 1:
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                return list(pool.map(compose_job, jobs, chunksize=math.ceil(len(jobs) / workers)))
-        except (BrokenProcessPool, OSError) as e:  # the pool only saves time
-            log.warning(f"composing in {workers} processes failed ({type(e).__name__}: {e}); composing one by one")
-    return [compose_job(job) for job in jobs]
+    return map_in_processes(compose_job, jobs, per_worker=8, what="composing")
 
 
 def why_not_vectorized(cfg) -> str | None:

@@ -1,0 +1,27 @@
+"""Many small independent pieces of pure-Python work (composing configs, drawing plots) in worker processes.
+
+Spawned, not forked (a parent holding CUDA or threads must not fork); the workers import only the module of
+the function they run, so that module must not import torch if they are to start in under a second.
+"""
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+log = logging.getLogger("gantrain")
+
+
+def map_in_processes(fn, *iterables, per_worker: int, what: str) -> list:
+    """[fn(*args) for args in zip(*iterables)], in up to 8 worker processes when there are at least
+    `per_worker` items for each (and cores for them), else here. An error raised by fn comes back as is;
+    a pool that cannot start or dies only costs the speed-up (one line in the log, then one by one)."""
+    items = list(zip(*iterables))
+    workers = min(len(items) // per_worker, os.cpu_count() or 1, 8)
+    if workers > 1:
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                return list(pool.map(fn, *zip(*items), chunksize=-(-len(items) // workers)))
+        except (BrokenProcessPool, OSError) as e:
+            log.warning(f"{what} in {workers} processes failed ({type(e).__name__}: {e}); {what} one by one")
+    return [fn(*args) for args in items]
