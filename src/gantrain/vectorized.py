@@ -187,8 +187,9 @@ class VectorizedGAN:
     def member_optimizer_state(self, k: int, which: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         """Fill a real torch Adam over `module` with member k's moments, so its checkpoint resumes anywhere."""
         stacked, exp_avg, exp_avg_sq = self.moments(which)
+        steps = float(stacked.t)  # one read from the device, not one per parameter
         for p, m, v in zip(module.parameters(), exp_avg, exp_avg_sq):
-            step = torch.tensor(float(stacked.t), device=p.device if opt.defaults.get("fused") else "cpu")
+            step = torch.tensor(steps, device=p.device if opt.defaults.get("fused") else "cpu")
             opt.state[p] = {"step": step, "exp_avg": m[k].detach().clone(memory_format=torch.contiguous_format),
                             "exp_avg_sq": v[k].detach().clone(memory_format=torch.contiguous_format)}
 

@@ -136,6 +136,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
             where = Where(ckpt["epoch"], ckpt["step"], 0, None)
     steps_per_epoch = len(data) // B
     fixed_z = [fixed_latents(c, data, device) for c in configs]
+    real_points = data.x[:len(fixed_z[0])].cpu() if data.x.dim() == 2 else None  # behind every member's 2D plots
     csvs = [artifacts.open_metrics(d / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS)) for d in dirs]
     alive, scores, best = [True] * K, [None] * K, [None] * K
     evaluating = can_evaluate(cfg0, data)
@@ -175,7 +176,7 @@ def train_chunk(configs, dirs: list[Path], data, device, ckpts: list[dict | None
             if sample:
                 images = artifacts.generate(parts.G_ema or parts.G, fixed_z[k], None).cpu()
                 writes.append(writer.submit(artifacts.save_examples, images, d / "samples" / f"epoch_{where.epoch:04d}.png",
-                                            real=data.x[:len(fixed_z[k])].cpu() if data.x.dim() == 2 else None))
+                                            real=real_points))
             if not (keep or evaluate):
                 continue
             state = checkpoint_state(cfg, parts, where)
