@@ -1,13 +1,15 @@
-"""Sweep speed: K reference runs trained one after another vs. as one batched model (gantrain sweep).
+"""Sweep speed: K reference runs trained one after another (each a lone run) vs. as one stack.
 
     python benchmarks/bench_sweep.py                   # CPU, K=8, 100 steps per member
     python benchmarks/bench_sweep.py --device cuda --members 64 --steps 2000 --sequential-members 4
+    python benchmarks/bench_sweep.py --set experiment=ring8    # any train overrides, for every member
 
 Both paths build their members from the real config (the reference MLP GAN on the bundled MNIST sample,
-each member its own learning rate and seed) and run the code `gantrain train` and `gantrain sweep` run:
-on CUDA both replay their step as a CUDA graph (the batched one is also timed eagerly, to show what the
-graph buys). Prints model-steps/s of each (members x steps / seconds) and the ratio. The sequential rate
-is per member, so --sequential-members times only the first few members (same speed, less waiting).
+each member its own learning rate and seed, unless --set changes it) and run the code `gantrain train`
+runs: a stack of one (plain modules) and a stack of K (stacked parameters under torch.func). On CUDA both
+replay their step as a CUDA graph (the stack is also timed without one, to show what the graph buys).
+Prints member-steps/s of each (members x steps / seconds) and the ratio. The sequential rate is per
+member, so --sequential-members times only the first few members (same speed, less waiting).
 """
 import argparse
 import time
@@ -16,15 +18,12 @@ import torch
 
 
 def configs(k: int, device: str, batch_size: int, overrides: list[str]):
-    from gantrain.sweep import compose_job
+    from hydra import compose, initialize_config_module
 
     lrs = [1e-4 * (1 + j % 4) for j in range(k)]
-    cfgs = [compose_job([f"optim.lr={lr}", f"seed={j}", f"device={device}", f"batch_size={batch_size}", *overrides])
-            for j, lr in enumerate(lrs)]
-    for cfg in cfgs:
-        with __import__("omegaconf").open_dict(cfg):
-            del cfg["hydra"]
-    return cfgs
+    with initialize_config_module("gantrain.conf", version_base=None):
+        return [compose("train", overrides=[f"optim.lr={lr}", f"seed={j}", f"device={device}",
+                                            f"batch_size={batch_size}", *overrides]) for j, lr in enumerate(lrs)]
 
 
 def sync(device: torch.device) -> None:
@@ -32,47 +31,54 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sequential(cfgs, steps: int, warmup: int) -> float:
-    from gantrain.train import batches, build_parts, epoch_order
-
-    seconds = 0.0
-    for cfg in cfgs:
-        parts = build_parts(cfg)
-        loop = (inputs for _ in iter(int, 1) for _, inputs in batches(
-            parts.data, epoch_order(parts.data, parts.gen), cfg.batch_size, cfg.latent_size, 1, 0, parts.gen))
-        for _ in range(warmup):
-            parts.step(*next(loop))
-        sync(parts.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            out = parts.step(*next(loop))
-        out.tolist()
-        sync(parts.device)
-        seconds += time.perf_counter() - start
-    return len(cfgs) * steps / seconds
-
-
-def vectorized(cfgs, steps: int, warmup: int, graph: bool, profile: bool = False) -> float:
+def stack_steps(cfgs, graph: bool = True):
+    """(the stack's step on its next inputs, as a function of the step index; the device), as the loop runs it."""
+    from gantrain.components.data import load_data
     from gantrain.config import kwargs_of, pick_device
-    from gantrain.data import load_data
-    from gantrain.train import epoch_order, set_matmul_precision
-    from gantrain.vectorized_train import build_batched, member_batches
+    from gantrain.engine.build import build_stack, classes_of, set_matmul_precision
+    from gantrain.engine.inputs import epoch_order, step_inputs
 
-    device = pick_device(cfgs[0].device)
-    set_matmul_precision(cfgs[0].trainer.precision)
-    data = load_data(cfgs[0].data.name, **kwargs_of(cfgs[0].data)).to(device)
-    _, step = build_batched(cfgs, data, device, [None] * len(cfgs), graph)  # what gantrain sweep trains
+    cfg, device = cfgs[0], pick_device(cfgs[0].device)
+    set_matmul_precision(cfg.trainer.precision)
+    for c in cfgs:
+        c.trainer.cuda_graph = c.trainer.cuda_graph and graph
+    data = load_data(cfg.data.name, **kwargs_of(cfg.data)).to(device)
+    classes = classes_of(cfg, data)
+    nets, loss, step = build_stack(cfgs, data, classes, device)
     gens = [torch.Generator(device).manual_seed(c.seed) for c in cfgs]
-    B, L, per_epoch = cfgs[0].batch_size, cfgs[0].latent_size, len(data) // cfgs[0].batch_size
-    orders = torch.stack([epoch_order(data, g) for g in gens])
+    per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)
+    orders = torch.stack([epoch_order(len(data), g) for g in gens])
+    shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=classes, loss=loss)
+    inputs = lambda i: step_inputs(data, orders, i % per_epoch, gens, **shapes)
+    return (lambda i: step(inputs(i), r1=loss.r1_due(i))), inputs, step, device
 
-    def one(i: int):
-        return step(*member_batches(data, orders, i % per_epoch, B, L, gens))
 
+def timed(one, steps: int, warmup: int, device) -> float:
     for i in range(warmup):
         one(i)
     sync(device)
-    if profile:  # where a batched step's time goes, kernel by kernel (eager steps: the kernels a graph replays)
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        out = one(i)
+    out.tolist()
+    sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def sequential(cfgs, steps: int, warmup: int) -> float:
+    """Member-steps/s of the members trained one after another, each a stack of one (a lone run)."""
+    seconds = 0.0
+    for cfg in cfgs:
+        one, _, _, device = stack_steps([cfg])
+        seconds += 1 / timed(one, steps, warmup, device)  # seconds per step of this member
+    return len(cfgs) / seconds
+
+
+def stacked(cfgs, steps: int, warmup: int, graph: bool, profile: bool = False) -> float:
+    """Member-steps/s of the members as one stack."""
+    one, inputs, step, device = stack_steps(cfgs, graph)
+    rate = timed(one, steps, warmup, device)
+    if profile:  # where a stacked step's time goes, kernel by kernel (eager steps: the kernels a graph replays)
         from torch.profiler import ProfilerActivity, profile as profiler
 
         with profiler(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")) as prof:
@@ -83,23 +89,12 @@ def vectorized(cfgs, steps: int, warmup: int, graph: bool, profile: bool = False
         print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
         if device.type == "cuda":  # a graph replays these one after another: their count matters at K=64
             kernels = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
-            print(f"GPU kernels and copies per batched step (noise and batch included): {kernels / 10:.0f}")
-    start = time.perf_counter()
-    for i in range(steps):
-        out = one(i)
-    out.tolist()
-    sync(device)
-    rate = len(cfgs) * steps / (time.perf_counter() - start)
-    if graph:  # what bounds a step: making its inputs (K noise draws, a gather) or the replayed step itself
-        inputs = member_batches(data, orders, 0, B, L, gens)
-        for name, work in (("inputs only", lambda i: member_batches(data, orders, i % per_epoch, B, L, gens)[1]),
-                           ("replay only", lambda i: step(*inputs))):
-            start = time.perf_counter()
-            for i in range(steps):
-                out = work(i)
-            sync(device)
-            print(f"  {name:11s}: {steps / (time.perf_counter() - start):9.1f} batched steps/s")
-    return rate
+            print(f"GPU kernels and copies per stacked step (noise and batch included): {kernels / 10:.0f}")
+    if graph and device.type == "cuda":  # what bounds a step: making its inputs (K noise draws, a gather) or the replay
+        fixed = inputs(0)
+        for name, work in (("inputs only", lambda i: inputs(i)["z"]), ("replay only", lambda i: step(fixed))):
+            print(f"  {name:11s}: {timed(work, steps, 0, device):9.1f} stacked steps/s")
+    return len(cfgs) * rate
 
 
 def main() -> None:
@@ -111,22 +106,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--sequential-members", type=int, default=0, help="time only this many members one by one (0 = all)")
     parser.add_argument("--set", nargs="*", default=[], help="train overrides for every member, e.g. trainer.precision=tf32")
-    parser.add_argument("--profile", action="store_true", help="print the batched step's top kernels")
+    parser.add_argument("--profile", action="store_true", help="print the stacked step's top kernels")
     args = parser.parse_args()
     cfgs = configs(args.members, args.device, args.batch_size, args.set)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    print(f"device {args.device} ({name}), torch {torch.__version__}: {args.members} members of the reference "
-          f"MLP GAN, {args.steps} steps each after {args.warmup} warm-up{', ' + ' '.join(args.set) if args.set else ''}")
-    timed = cfgs[:args.sequential_members or len(cfgs)]
-    seq = sequential(timed, args.steps, args.warmup)
-    print(f"sequential : {seq:9.1f} model-steps/s  ({len(timed)} of the {len(cfgs)} members timed one by one)")
+    print(f"device {args.device} ({name}), torch {torch.__version__}: {args.members} members, {args.steps} steps each "
+          f"after {args.warmup} warm-up{', ' + ' '.join(args.set) if args.set else ' (the reference MLP GAN)'}")
+    timed_cfgs = cfgs[:args.sequential_members or len(cfgs)]
+    seq = sequential(timed_cfgs, args.steps, args.warmup)
+    print(f"sequential : {seq:9.1f} member-steps/s  ({len(timed_cfgs)} of the {len(cfgs)} members timed one by one)")
     cuda = args.device.startswith("cuda")
     if cuda:
-        eager = vectorized(cfgs, args.steps, args.warmup, graph=False, profile=args.profile)
-        print(f"vectorized, eager      : {eager:9.1f} model-steps/s  ({eager / len(cfgs):.1f} batched steps/s)")
-    vec = vectorized(cfgs, args.steps, args.warmup, graph=cuda, profile=args.profile and not cuda)
-    print(f"vectorized{', CUDA graph' if cuda else ''} : {vec:9.1f} model-steps/s  ({vec / len(cfgs):.1f} batched steps/s)")
-    print(f"ratio      : {vec / seq:9.2f}x")
+        eager = stacked(cfgs, args.steps, args.warmup, graph=False, profile=args.profile)
+        print(f"stacked, eager      : {eager:9.1f} member-steps/s  ({eager / len(cfgs):.1f} stacked steps/s)")
+    rate = stacked(cfgs, args.steps, args.warmup, graph=cuda, profile=args.profile and not cuda)
+    print(f"stacked{', CUDA graph' if cuda else ''} : {rate:9.1f} member-steps/s  ({rate / len(cfgs):.1f} stacked steps/s)")
+    print(f"ratio      : {rate / seq:9.2f}x")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ PUBLISHED = {  # modes, HQ %, KL (None where the paper gives none); 2,500 sample
 def run(preset: str, seed: int, extra: list[str], out: Path) -> tuple[dict, float]:
     from hydra import compose, initialize_config_module
 
-    from gantrain.train import train
+    from gantrain.engine.jobs import train
 
     with initialize_config_module("gantrain.conf", version_base=None):
         cfg = compose("train", overrides=[f"experiment={preset}", f"seed={seed}", "device=cpu", *extra])

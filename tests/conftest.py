@@ -77,7 +77,7 @@ def base_cfg(mnist_root):
 @pytest.fixture(scope="module")
 def one_epoch_ckpt(base_cfg, tmp_path_factory) -> Path:
     """checkpoints/last.pt of a tiny one-epoch run (in-process), shared by a test module."""
-    from gantrain.train import train
+    from gantrain.engine.jobs import train
 
     cfg = copy.deepcopy(base_cfg)
     cfg.epochs = 1

@@ -19,7 +19,7 @@ def test_bench_train_prints_both_pipelines_and_the_ratio():
 
 def test_bench_sweep_prints_both_paths_and_the_ratio():
     out = run("bench_sweep.py", "--members", "2", "--steps", "3", "--warmup", "1")
-    assert "sequential :" in out and "vectorized :" in out and "ratio" in out
+    assert "sequential :" in out and "stacked :" in out and "ratio" in out
 
 
 def test_modes_benchmark_runs_a_preset(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import tiny_images, write_idx, write_mnist
-from gantrain.data import load_data, read_idx
+from gantrain.components.data import load_data, read_idx
 from gantrain.errors import UserError
 
 

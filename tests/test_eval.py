@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import run_cli
-from gantrain import features, metrics
-from gantrain.data import grid25_means, load_data, ring8_means
-from gantrain.checkpoint import load_checkpoint
-from gantrain.train import train
+from gantrain.evaluation import features, metrics
+from gantrain.components.data import grid25_means, load_data, ring8_means
+from gantrain.outputs.checkpoint import load_checkpoint
+from gantrain.engine.jobs import train
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +31,19 @@ def test_sanity_ladder_on_the_bundled_sample(mnist_features):
 
     data, net, _ = mnist_features
     train_idx, held_idx = features.split(len(data))
-    reference, other = data.x[train_idx[:2000]], data.x[train_idx[2000:3000]]
+    feats = lambda x: torch.cat([net(chunk) for chunk in x.split(1000)]).detach()
+    reference, other = metrics.real_reference(feats(data.x[train_idx[:2000]])), data.x[train_idx[2000:3000]]
     noise = torch.randn(other.shape, generator=torch.Generator().manual_seed(1))
-    fd = lambda x: metrics.fd_and_kid(net, reference, x)["fd"]["value"]
+    fd = lambda x: metrics.fd_and_kid(reference.feats, feats(x))["fd"]["value"]
+    image_metrics = lambda x: metrics.image_metrics(reference, feats(x), net.head(feats(x)), 10)
     held_out, noisy, blurred = fd(data.x[held_idx]), fd((other + 0.2 * noise).clamp(-1, 1)), fd(gaussian_blur(other, 5, 1.0))
     one_class, uniform = fd(data.x[data.y == 3]), fd(torch.rand(other.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1)
     assert held_out < noisy < blurred
     assert one_class < uniform
-    pr = metrics.image_metrics(net, reference, data.x[data.y == 3], 10)
+    pr = image_metrics(data.x[data.y == 3])
     assert pr["precision"]["value"] > 0.8 and pr["recall"]["value"] < 0.3
     assert pr["classes_covered"]["value"] == 1 and pr["class_kl"]["value"] > 2.0  # log 10 = 2.30 for one class
-    balanced = metrics.image_metrics(net, reference, data.x[held_idx], 10)
+    balanced = image_metrics(data.x[held_idx])
     assert balanced["classes_covered"]["value"] == 10 and balanced["class_kl"]["value"] < 0.05
     assert all(e["n_real"] == 2000 and e["n_fake"] == len(held_idx) for e in balanced.values())
 
@@ -59,10 +61,10 @@ def test_feature_network_cache_is_reused(base_cfg, mnist_root, monkeypatch):
 def test_precision_recall_by_hand():
     real = torch.tensor([[0.0], [1.0], [2.0], [10.0]])  # k=1 radii: 1, 1, 1, 8
     fake = torch.tensor([[0.5], [5.0], [20.0]])  # k=1 radii: 4.5, 4.5, 15
-    pr = metrics.precision_recall(real, fake, k=1)
+    pr = metrics.precision_recall(metrics.real_reference(real, k=1), fake)
     assert pr["precision"]["value"] == pytest.approx(2 / 3)  # 20 is outside every real ball
     assert pr["recall"]["value"] == 1.0  # 10 is inside the ball of 20 (radius 15)
-    assert metrics.precision_recall(real, real, k=1)["precision"]["value"] == 1.0
+    assert metrics.precision_recall(metrics.real_reference(real, k=1), real)["precision"]["value"] == 1.0
 
 
 @pytest.mark.parametrize("name,modes,means", [("ring8", 8, ring8_means), ("grid25", 25, grid25_means)])

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from gantrain.losses import BCELoss
-from gantrain.registry import REGISTRIES, lookup
+from gantrain.components.losses import BCELoss
+from gantrain.components.registry import REGISTRIES, lookup
 
 lookup("model", "mlp")  # fill the registry before parametrizing over it
 MODELS = sorted(REGISTRIES["model"])
@@ -71,7 +71,7 @@ def test_heads_are_picked_with_equal_probability_and_train_only_on_their_samples
 
 def test_seeded_heads_start_one_on_each_separate_mode_and_the_seed_decides_which_points():
     """model.seed_heads: k-means++ seeding over 25 tight clusters picks one point of every cluster."""
-    from gantrain.data import grid25
+    from gantrain.components.data import grid25
 
     points = grid25(n=5000, seed=1)
     G, _ = lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8, heads=25)

@@ -1,7 +1,7 @@
 import pytest
 
 from gantrain.errors import UserError
-from gantrain.registry import REGISTRIES, describe, lookup
+from gantrain.components.registry import REGISTRIES, describe, lookup
 
 EXPECTED = {"model": {"mlp"}, "loss": {"bce"}, "optim": {"adam", "adamw", "sgd", "rmsprop"},
             "data": {"mnist_sample", "mnist"}}

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli, write_mnist
-from gantrain.checkpoint import load_checkpoint
+from gantrain.outputs.checkpoint import load_checkpoint
 
 TINY = ["epochs=1", "data=mnist", "data.root=data", "batch_size=20", "hidden_size=32", "latent_size=8",
         "log_every=5", "eval.n=50", "device=cpu"]
@@ -56,7 +56,7 @@ def test_joblib_jobs_share_the_cores():
 
     from hydra import compose, initialize_config_module
 
-    from gantrain.runs import launcher_settings
+    from gantrain.commands.train import launcher_settings
 
     with initialize_config_module("gantrain.conf", version_base=None):
         cfg = compose("train", overrides=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], return_hydra_config=True)
@@ -112,7 +112,8 @@ def test_an_interrupted_sweep_resumes_with_resume_auto(sweep_cwd):
     a, b = load_checkpoint(second / "1/checkpoints/last.pt"), load_checkpoint(sweep_cwd / "straight/checkpoints/last.pt")
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
     rows = list(csv.DictReader(open(second / "1" / "metrics.csv")))  # the earlier rows were carried over
-    assert [int(r["step"]) for r in rows] == list(range(20, 401, 20))
+    stopped = load_checkpoint(first / "1/checkpoints/last.pt")["step"]  # and the row where the signal stopped it
+    assert [int(r["step"]) for r in rows] == sorted({*range(20, 401, 20), stopped})
 
 
 def test_optuna_study_of_two_trials(sweep_cwd):

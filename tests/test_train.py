@@ -4,10 +4,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gantrain.checkpoint import load_checkpoint
+from gantrain.outputs.checkpoint import load_checkpoint
 from gantrain.errors import UserError
-from gantrain.losses import BCELoss
-from gantrain.train import make_step, train
+from gantrain.components.losses import BCELoss
+from gantrain.engine.jobs import train
+from gantrain.engine.plain import PlainMembers
+from gantrain.engine.step import make_step
 
 
 def weights(run_dir, net="G"):
@@ -21,7 +23,7 @@ def assert_same_weights(a: dict, b: dict):
 
 
 def tiny_parts(seed=0):
-    from gantrain.networks import mlp
+    from gantrain.components.networks import mlp
 
     torch.manual_seed(seed)
     G, D = mlp(data_shape=(1, 28, 28), latent_size=8, hidden_size=16)
@@ -29,11 +31,15 @@ def tiny_parts(seed=0):
     return G, D, opt_g, opt_d
 
 
+def one_step(G, D, opt_g, opt_d, real, z):
+    """One step of a lone member: real (n_critic, B, ...) and z (n_critic + 1, B, latent); its stats (4,)."""
+    return make_step(PlainMembers(G, D, opt_g, opt_d), BCELoss())({"real": real[None], "z": z[None]})[0]
+
+
 def test_one_step_changes_both_networks():
     G, D, opt_g, opt_d = tiny_parts()
     before_g, before_d = copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict())
-    step = make_step(G, D, BCELoss(), opt_g, opt_d)
-    stats = step(torch.rand(1, 4, 1, 28, 28) * 2 - 1, torch.randn(2, 4, 8))
+    stats = one_step(G, D, opt_g, opt_d, torch.rand(1, 4, 1, 28, 28) * 2 - 1, torch.randn(2, 4, 8))
     assert stats.shape == (4,) and torch.isfinite(stats).all()
     assert 0 < stats[2] < 1 and 0 < stats[3] < 1  # D(x), D(G(z)) are probabilities
     for before, net in ((before_g, G), (before_d, D)):
@@ -50,7 +56,7 @@ def test_d_step_does_not_backpropagate_into_g_and_g_step_adds_nothing_to_d():
     fired = []
     for p in G.parameters():  # record in which phase gradients reach G
         p.register_hook(lambda g: fired.append(len(opt_d.state)))
-    make_step(G, D, BCELoss(), opt_g, opt_d)(real[None], torch.stack([z_d, z_g]))
+    one_step(G, D, opt_g, opt_d, real[None], torch.stack([z_d, z_g]))
     assert fired and all(n > 0 for n in fired)  # only after D's update: the D step never reached G
     for p, p2 in zip(D.parameters(), D2.parameters()):  # D frozen in the G step: its grads are the D step's
         assert torch.allclose(p.grad, p2.grad, atol=1e-6)
@@ -63,7 +69,7 @@ def test_step_reports_d_x_as_probability_of_the_real_batch():
     with torch.no_grad():
         expected_dx = torch.sigmoid(D(real)).mean()
         expected_dgz = torch.sigmoid(D(G(z_d))).mean()
-    stats = make_step(G, D, BCELoss(), opt_g, opt_d)(real[None], torch.stack([z_d, torch.randn(6, 8)]))
+    stats = one_step(G, D, opt_g, opt_d, real[None], torch.stack([z_d, torch.randn(6, 8)]))
     assert stats[2].item() == pytest.approx(expected_dx.item(), abs=1e-6)
     assert stats[3].item() == pytest.approx(expected_dgz.item(), abs=1e-6)
 
@@ -150,7 +156,7 @@ def test_bad_values_are_one_line_user_errors(cfg, tmp_path, key, value, message)
 
 
 def test_tf32_is_switched_per_run_and_back():
-    from gantrain.train import set_matmul_precision
+    from gantrain.engine.build import set_matmul_precision
 
     before = torch.backends.cuda.matmul.allow_tf32
     try:

@@ -10,12 +10,15 @@ from PIL import Image
 from torch import nn
 
 from conftest import Evil, tiny_images, write_idx
-from gantrain.checkpoint import load_checkpoint
-from gantrain.data import TensorData, load_data
+from gantrain.outputs.checkpoint import load_checkpoint
+from gantrain.components.data import TensorData, load_data
 from gantrain.errors import UserError
-from gantrain.losses import BCELoss, WGANGPLoss
-from gantrain.registry import REGISTRIES, lookup, register
-from gantrain.train import make_step, train
+from gantrain.components.layers import SNConv2d, SNLinear, SpectralNorm
+from gantrain.components.losses import BCELoss, WGANGPLoss
+from gantrain.components.registry import REGISTRIES, lookup, register
+from gantrain.engine.jobs import train
+from gantrain.engine.plain import PlainMembers
+from gantrain.engine.step import make_step
 
 for kind in ("model", "loss", "data"):
     lookup(kind, "mlp" if kind == "model" else "bce" if kind == "loss" else "mnist")  # fill the registries
@@ -56,8 +59,25 @@ def test_dcgan_sizes_itself_from_the_image_shape(shape, spectral_norm):
     G, D = lookup("model", "dcgan")(data_shape=shape, latent_size=8, hidden_size=32, spectral_norm=spectral_norm)
     x = G(torch.randn(3, 8))
     assert x.shape == (3, *shape) and D(x).shape == (3,)
-    has_sn = any("parametrizations" in name for name, _ in D.named_modules())
+    has_sn = any(isinstance(m, SpectralNorm) for m in D.modules())
     assert has_sn == spectral_norm
+
+
+@pytest.mark.parametrize("layer", [lambda: SNLinear(12, 7), lambda: SNConv2d(3, 5, 3)])
+def test_spectral_norm_divides_by_the_largest_singular_value(layer):
+    """Like torch's parametrization: after its power iterations the weight's spectral norm is 1, in eval
+    mode the vectors stay, and the gradient flows through the weight only."""
+    torch.manual_seed(0)
+    sn = layer()
+    for _ in range(30):  # training forward passes each take one power iteration
+        sn.normalised_weight()
+    assert torch.linalg.matrix_norm(sn.normalised_weight().detach().flatten(1), ord=2).item() == pytest.approx(1.0, abs=1e-3)
+    u = sn.u.clone()
+    sn.eval()
+    sn.normalised_weight()
+    assert torch.equal(u, sn.u)
+    sn.normalised_weight().sum().backward()
+    assert sn.weight.grad is not None and not sn.u.requires_grad
 
 
 def test_dcgan_refuses_shapes_it_cannot_build():
@@ -66,30 +86,30 @@ def test_dcgan_refuses_shapes_it_cannot_build():
 
 
 class Linear2D(nn.Module):
-    """D(x) = w . x + b: its input gradient is w everywhere, so the penalties have closed forms."""
+    """D(x) = w . x + b on (K, B, 2) points: its input gradient is w everywhere, so the penalties have closed forms."""
 
     def __init__(self, w):
         super().__init__()
         self.w = nn.Parameter(torch.tensor(w))
 
     def forward(self, x, y=None):
-        return x.flatten(1) @ self.w + 1.0
+        return x.flatten(2) @ self.w + 1.0
 
 
 def test_gradient_penalty_matches_the_closed_form():
     D = Linear2D([3.0, 4.0])  # ||grad|| = 5 at every x_hat
-    real, fake = torch.randn(6, 2), torch.randn(6, 2)
-    assert WGANGPLoss(gp_weight=10).penalty(D, real, fake).item() == pytest.approx(10 * (5 - 1) ** 2)
-    assert WGANGPLoss(gp_weight=10, r1_gamma=2).penalty(D, real, fake).item() == pytest.approx(160 + 25)
+    real, fake, eps = torch.randn(1, 6, 2), torch.randn(1, 6, 2), {"gp_eps": torch.rand(1, 6)}  # one member
+    assert WGANGPLoss(gp_weight=10).penalty(D, real, fake, draws=eps).item() == pytest.approx(10 * (5 - 1) ** 2)
+    assert WGANGPLoss(gp_weight=10, r1_gamma=2).penalty(D, real, fake, draws=eps).item() == pytest.approx(160 + 25)
 
 
-class Square(nn.Module):  # D(x) = sum x^2: grad = 2x
+class Square(nn.Module):  # D(x) = sum x^2: grad = 2x, on (K, B, ...)
     def forward(self, x, y=None):
-        return x.pow(2).flatten(1).sum(1)
+        return x.pow(2).flatten(2).sum(2)
 
 
 def test_r1_matches_a_hand_computed_value():
-    real = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
+    real = torch.tensor([[[1.0, 2.0], [0.0, 3.0]]])  # one member, two points
     # gamma/2 * mean ||2x||^2 = 0.5 * mean(4*5, 4*9) = 0.5 * 28 = 14 for gamma = 1
     assert BCELoss(r1_gamma=1.0).penalty(Square(), real, real).item() == pytest.approx(14.0)
     assert BCELoss().penalty(Square(), real, real) is None  # off: no extra forward pass at all
@@ -97,20 +117,21 @@ def test_r1_matches_a_hand_computed_value():
 
 def test_lazy_r1_is_the_same_strength_on_one_step_in_n():
     # D = sum x^2 on the points above: R1 with gamma 1 is 14
-    real, lazy = torch.tensor([[1.0, 2.0], [0.0, 3.0]]), BCELoss(r1_gamma=1.0, r1_every=4)
+    real, lazy = torch.tensor([[[1.0, 2.0], [0.0, 3.0]]]), BCELoss(r1_gamma=1.0, r1_every=4)
     assert lazy.penalty(Square(), real, real).item() == pytest.approx(4 * 14.0)  # gamma x N on its step
     assert lazy.penalty(Square(), real, real, r1=False) is None
     assert [lazy.r1_due(step) for step in range(6)] == [True, False, False, False, True, False]
     assert all(BCELoss(r1_every=4).r1_due(step) for step in range(4))  # no R1 at all: nothing to switch off
-    D, x = Linear2D([3.0, 4.0]), torch.randn(6, 2)  # WGAN-GP keeps its own penalty on every step
-    assert WGANGPLoss(r1_gamma=2, r1_every=3).penalty(D, x, x, r1=False).item() == pytest.approx(160)
+    D, x = Linear2D([3.0, 4.0]), torch.randn(1, 6, 2)  # WGAN-GP keeps its own penalty on every step
+    eps = {"gp_eps": torch.rand(1, 6)}
+    assert WGANGPLoss(r1_gamma=2, r1_every=3).penalty(D, x, x, draws=eps, r1=False).item() == pytest.approx(160)
 
 
 def test_training_applies_a_lazy_r1_on_one_step_in_n(cfg, tmp_path, monkeypatch):
-    import gantrain.losses
+    import gantrain.components.losses
 
-    calls, real_input_gradients = [], gantrain.losses.input_gradients
-    monkeypatch.setattr(gantrain.losses, "input_gradients", lambda *a: calls.append(1) or real_input_gradients(*a))
+    calls, real_input_gradients = [], gantrain.components.losses.input_gradients
+    monkeypatch.setattr(gantrain.components.losses, "input_gradients", lambda *a: calls.append(1) or real_input_gradients(*a))
     with open_dict(cfg):
         cfg.data = {"name": "ring8", "n": 1000, "seed": 0}
         cfg.loss.r1_gamma, cfg.loss.r1_every = 1.0, 3
@@ -121,32 +142,33 @@ def test_training_applies_a_lazy_r1_on_one_step_in_n(cfg, tmp_path, monkeypatch)
 
 def test_penalty_gradients_reach_d():
     D = Linear2D([3.0, 4.0])
-    WGANGPLoss().penalty(D, torch.randn(4, 2), torch.randn(4, 2)).backward()
+    WGANGPLoss().penalty(D, torch.randn(1, 4, 2), torch.randn(1, 4, 2), draws={"gp_eps": torch.rand(1, 4)}).backward()
     # d/dw 10 (||w|| - 1)^2 = 20 (||w|| - 1) w / ||w|| = 20 * 4 * w / 5
     assert torch.allclose(D.w.grad, 16 * torch.tensor([3.0, 4.0]))
 
 
-def tiny_gan(seed=0):
+def tiny_gan(seed=0, ema_decay=0.0):
+    """A lone member of a tiny 2D GAN: G, D, their optimizers and the members' view of them."""
     torch.manual_seed(seed)
     G, D = lookup("model", "mlp")(data_shape=(2,), latent_size=4, hidden_size=8)
-    return G, D, torch.optim.Adam(G.parameters(), 1e-2), torch.optim.Adam(D.parameters(), 1e-2)
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-2), torch.optim.Adam(D.parameters(), 1e-2)
+    return G, D, opt_g, opt_d, PlainMembers(G, D, opt_g, opt_d, ema_decay)
 
 
 def test_ema_follows_its_formula():
-    G, D, opt_g, opt_d = tiny_gan()
-    G_ema = copy.deepcopy(G).requires_grad_(False)
-    before = [p.clone() for p in G_ema.parameters()]
-    step = make_step(G, D, BCELoss(), opt_g, opt_d, G_ema=G_ema, ema_decay=0.9)
-    step(torch.randn(1, 5, 2), torch.randn(2, 5, 4))
-    for ema, old, new in zip(G_ema.parameters(), before, G.parameters()):
+    G, D, opt_g, opt_d, nets = tiny_gan(ema_decay=0.9)
+    before = [p.clone() for p in nets.G_ema.parameters()]
+    step = make_step(nets, BCELoss())
+    step({"real": torch.randn(1, 1, 5, 2), "z": torch.randn(1, 2, 5, 4)})
+    for ema, old, new in zip(nets.G_ema.parameters(), before, G.parameters()):
         assert not torch.equal(new, old)  # G moved
         assert torch.allclose(ema, 0.9 * old + 0.1 * new, atol=1e-7)
 
 
 def test_n_critic_updates_d_that_many_times_per_g_update():
-    G, D, opt_g, opt_d = tiny_gan()
-    step = make_step(G, D, BCELoss(), opt_g, opt_d, n_critic=3)
-    step(torch.randn(3, 5, 2), torch.randn(4, 5, 4))
+    G, D, opt_g, opt_d, nets = tiny_gan()
+    step = make_step(nets, BCELoss(), n_critic=3)
+    step({"real": torch.randn(1, 3, 5, 2), "z": torch.randn(1, 4, 5, 4)})
     step_count = lambda opt: int(next(iter(opt.state.values()))["step"])
     assert step_count(opt_d) == 3 and step_count(opt_g) == 1
 
@@ -237,7 +259,7 @@ def two_blobs():
 
 
 def test_conditional_sampling_gives_the_requested_class(cfg, tmp_path, two_blobs):
-    from gantrain.sample import generator_from_checkpoint
+    from gantrain.engine.build import generator_from_checkpoint
 
     with open_dict(cfg):
         cfg.data = {"name": "two_blobs"}

@@ -6,14 +6,13 @@ completion all work as in any Hydra program. Bad input is reported as one line, 
 import os
 import re
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gantrain.errors import UserError
+from gantrain.errors import error_line, show_tracebacks
 
 CONF = "pkg://gantrain.conf"
 COMMANDS = {
@@ -21,7 +20,7 @@ COMMANDS = {
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
-    "sweep": "a sweep (Hydra override syntax) trained as one batched model where members allow it",
+    "sweep": "a sweep (Hydra override syntax) whose jobs train together as stacks of members",
     "list": "list every model, loss, optimizer, data set and experiment preset",
 }
 USAGE = "usage: gantrain COMMAND [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
@@ -35,21 +34,11 @@ def run_dir_and_overrides() -> tuple[Path, list[str]]:
     return Path(hc.runtime.output_dir), list(hc.overrides.task)
 
 
-SHOW_TRACEBACKS = False  # set from HYDRA_FULL_ERROR by main()
-
-
-def os_error_line(e: OSError) -> str:
-    """A full disk, a read-only or missing folder: say which file and what to do."""
-    where = f" {e.filename}" if e.filename else ""
-    return (f"file system error on{where}: {e.strerror or e}; free some space, fix the permissions or choose "
-            f"another folder (hydra.run.dir=DIR); files already written are kept")
-
-
 def print_error(cmd: str, e: Exception) -> bool:
     """Print a user's mistake as one line on stderr; False for a bug or under HYDRA_FULL_ERROR=1, which the
     caller then re-raises so its traceback shows."""
     line = error_line(e)
-    if SHOW_TRACEBACKS or line is None:
+    if show_tracebacks() or line is None:
         return False
     print(f"gantrain {cmd}: error: " + line.replace("{cmd}", cmd), file=sys.stderr)
     return True
@@ -65,113 +54,33 @@ def one_line_errors(task):
         raise SystemExit(1) from None
 
 
-@contextmanager
-def job_status(run_dirs: list[Path], keep_going: bool, what: str):
-    """status.json of jobs while they train: `running` on entry. A signal marks each job still running
-    `interrupted` (its checkpoint resumes) and an error marks it `failed` with the error's one line. With
-    keep_going (jobs of a sweep) the error is logged and the sweep goes on; else it ends the command
-    (see one_line_errors). Jobs that have ended on their own (done, or failed alone) keep their status."""
-    import logging
-
-    from gantrain.runs import read_status, write_status
-
-    def mark(state: str, reason: str) -> None:
-        for d in run_dirs:
-            if read_status(d).get("state") == "running":
-                write_status(d, state, reason=reason)
-
-    for d in run_dirs:
-        write_status(d, "running")
-    try:
-        yield
-    except (SystemExit, KeyboardInterrupt) as e:  # a signal: the checkpoint is saved, the job can resume
-        mark("interrupted", type(e).__name__)
-        raise
-    except Exception as e:
-        line = error_line(e)
-        mark("failed", line or f"{type(e).__name__}: {e}")
-        if not keep_going or SHOW_TRACEBACKS:
-            raise
-        logging.getLogger("gantrain").error(f"{what} failed: {line or repr(e)}", exc_info=line is None)
-
-
-def run_job(task, run_dir: Path, keep_going: bool, name: str):
-    """A training job with its status.json kept up to date (see job_status); returns its metric, or None."""
-    from gantrain.runs import write_status
-
-    result = None
-    with job_status([run_dir], keep_going, f"job {name}"):
-        result = task()
-        write_status(run_dir, "done", **({} if result is None else {"metric": result}))
-    return result
-
-
+# The commands' modules import torch, so each app imports its own when it runs: --help and --cfg stay fast.
 @hydra.main(config_path=CONF, config_name="train", version_base=None)
 def train_app(cfg: DictConfig):
     from hydra.types import RunMode
 
-    from gantrain.runs import launcher_settings
-    from gantrain.train import train
+    from gantrain.commands.train import train_command
 
     hc = HydraConfig.get()
     run_dir, overrides = run_dir_and_overrides()
-    multirun = hc.mode == RunMode.MULTIRUN
-    if multirun:
-        launcher_settings(cfg, hc)
-    return one_line_errors(lambda: run_job(lambda: train(cfg, run_dir, overrides, multirun), run_dir,
-                                           keep_going=multirun, name=str(hc.job.get("num"))))
+    return one_line_errors(lambda: train_command(cfg, run_dir, overrides, hc, hc.mode == RunMode.MULTIRUN))
 
 
 @hydra.main(config_path=CONF, config_name="sample", version_base=None)
 def sample_app(cfg: DictConfig):
-    from gantrain.sample import sample
+    from gantrain.commands.sample import sample
 
     return one_line_errors(lambda: sample(cfg, run_dir_and_overrides()[0]))
 
 
 @hydra.main(config_path=CONF, config_name="eval", version_base=None)
 def eval_app(cfg: DictConfig):
-    from gantrain.evaluate import eval_command
+    from gantrain.commands.evaluate import eval_command
 
     return one_line_errors(lambda: eval_command(cfg, run_dir_and_overrides()[0]))
 
 
 APPS = {"train": train_app, "sample": sample_app, "eval": eval_app}
-
-
-def describe_config_error(e: Exception) -> str:
-    """One line for an error Hydra or OmegaConf raised while composing the config from overrides."""
-    from hydra.errors import MissingConfigException
-
-    cause = e.__cause__ or e.__context__
-    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        valid = ", ".join(sorted(e.options))
-        return f"unknown {group} '{name}': valid names are {valid} (e.g. {group}={sorted(e.options)[0]})"
-    text = str(e).strip()
-    m = re.match(r"Could not override '([^']+)'", text)
-    if m and "not in struct" in str(cause):
-        key = m.group(1)
-        return f"unknown config key '{key}': `gantrain {{cmd}} --cfg job` lists the keys (to add one on purpose: +{key}=VALUE)"
-    first = text.splitlines()[0] if text else type(e).__name__
-    detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
-    if detail and detail not in first:
-        first += f" ({detail})"
-    return f"{first}; overrides look like key=value, e.g. epochs=10 (see `gantrain {{cmd}} --help`)"
-
-
-def error_line(e: Exception) -> str | None:
-    """The one line for a user's mistake, or None for a bug (which keeps its traceback)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    if isinstance(e, (HydraException, OmegaConfBaseException)):  # before OSError: some of Hydra's are IOErrors
-        return describe_config_error(e)
-    if isinstance(e, UserError):
-        return str(e)
-    if isinstance(e, OSError):
-        return os_error_line(e)
-    return None
 
 
 def strip_command_from_comp_line() -> str | None:
@@ -195,13 +104,13 @@ def setup_console_logging() -> None:
 def plain_command(cmd: str, argv: list[str]) -> int:
     """Commands without a Hydra config (argparse or no options); a UserError is one line, exit 1."""
     if cmd == "list":
-        from gantrain.listing import list_command as run
+        from gantrain.commands.listing import list_command as run
     elif cmd == "sweep":
-        from gantrain.sweep import sweep_command as run
+        from gantrain.commands.sweep import sweep_command as run
 
         setup_console_logging()
     else:
-        from gantrain.report import report_command as run
+        from gantrain.commands.report import report_command as run
     try:
         return run(argv)
     except Exception as e:
@@ -231,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Hydra prints its own multi-line reports unless HYDRA_FULL_ERROR is set; we set it so errors reach us,
     # and show a traceback only when the user asked for one.
-    global SHOW_TRACEBACKS
-    SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["GANTRAIN_TRACEBACKS"] = "1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [f"gantrain {cmd}", *rest]
     try:

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gantrain.components.data import MIXTURES
 from gantrain.errors import UserError
 
 POSITIVE_INTS = ("epochs", "batch_size", "latent_size", "hidden_size", "log_every", "n_critic")
@@ -43,8 +44,6 @@ def check_train_config(cfg: DictConfig) -> None:
     if not is_int(heads) or heads < 1:
         raise UserError(f"model.heads must be an integer >= 1 (1 = one output layer), got {heads!r}; e.g. model.heads=64")
     if cfg.model.get("seed_heads", False):
-        from gantrain.data import MIXTURES
-
         if heads < 2:
             raise UserError(f"model.seed_heads=true starts G's heads at data points, and model.heads={heads}; "
                             f"set model.heads > 1 (e.g. one a mode) or drop seed_heads")

@@ -5,38 +5,43 @@ Each function returns {name: {"value": float, "n_real": int, "n_fake": int}} so 
 without the sample sizes it came from.
 """
 import math
+import warnings
+from dataclasses import dataclass
 
 import torch
 
-from gantrain.data import MIXTURES
+from gantrain.components.data import MIXTURES
 
 
 def entry(value: float, n_real: int, n_fake: int, **extra) -> dict:
     return {"value": float(value), "n_real": int(n_real), "n_fake": int(n_fake), **extra}
 
 
-@torch.no_grad()
-def features_of(net, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    return torch.cat([net(chunk) for chunk in x.split(batch)])
+class Precomputed(torch.nn.Module):
+    """Features in, features out: torchmetrics' FID and KID then run on features computed once, in one pass
+    of the feature network over every member's samples (evaluate.py)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
-def fd_and_kid(net, real: torch.Tensor, fake: torch.Tensor) -> dict:
-    """Fréchet distance and KID between the feature distributions of real and fake images."""
+def fd_and_kid(real: torch.Tensor, fake: torch.Tensor) -> dict:
+    """Fréchet distance and KID (torchmetrics) between real and fake features (n, F)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
-    shape = tuple(real.shape[1:])
     subset = min(1000, len(real), len(fake))
-    fd = FrechetInceptionDistance(feature=net, input_img_size=shape, normalize=False).to(real.device)
-    kid = KernelInceptionDistance(feature=net, subset_size=subset, subsets=50, normalize=False).to(real.device)
+    fd = FrechetInceptionDistance(feature=Precomputed(real.shape[1])).to(real.device)
+    kid = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subset_size=subset, subsets=50).to(real.device)
     torch.manual_seed(0)  # KID draws random subsets
     for metric in (fd, kid):
-        for x, is_real in ((real, True), (fake, False)):
-            for chunk in x.split(1000):
-                metric.update(chunk, real=is_real)
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
     kid_mean, kid_std = kid.compute()
     return {"fd": entry(fd.compute(), len(real), len(fake)),
             "kid": entry(kid_mean, len(real), len(fake), std=float(kid_std), subset_size=subset)}
@@ -53,12 +58,27 @@ def on_manifold(points: torch.Tensor, anchors: torch.Tensor, radii: torch.Tensor
     return torch.cat([(torch.cdist(part, anchors) <= radii[None]).any(dim=1) for part in points.split(chunk)])
 
 
-def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3) -> dict:
-    """Improved precision (fakes on the real manifold) and recall (reals on the fake manifold), k = 3."""
-    precision = on_manifold(fake_feats, real_feats, kth_neighbour_radii(real_feats, k)).float().mean()
-    recall = on_manifold(real_feats, fake_feats, kth_neighbour_radii(fake_feats, k)).float().mean()
-    n_r, n_f = len(real_feats), len(fake_feats)
-    return {"precision": entry(precision, n_r, n_f, k=k), "recall": entry(recall, n_r, n_f, k=k)}
+@dataclass
+class RealReference:
+    """The real side of the image metrics for one subset of the data: its features (n, F) and each
+    feature's distance to its k-th nearest neighbour (the real manifold of improved precision)."""
+
+    feats: torch.Tensor
+    radii: torch.Tensor
+    k: int
+
+
+def real_reference(feats: torch.Tensor, k: int = 3) -> RealReference:
+    """k = 3, as Kynkäänniemi et al. 2019 recommend."""
+    return RealReference(feats, kth_neighbour_radii(feats, k), k)
+
+
+def precision_recall(real: RealReference, fake_feats: torch.Tensor) -> dict:
+    """Improved precision (fakes on the real manifold) and recall (reals on the fake manifold)."""
+    precision = on_manifold(fake_feats, real.feats, real.radii).float().mean()
+    recall = on_manifold(real.feats, fake_feats, kth_neighbour_radii(fake_feats, real.k)).float().mean()
+    n_r, n_f = len(real.feats), len(fake_feats)
+    return {"precision": entry(precision, n_r, n_f, k=real.k), "recall": entry(recall, n_r, n_f, k=real.k)}
 
 
 def kl_to_uniform(counts: torch.Tensor) -> float:
@@ -68,26 +88,27 @@ def kl_to_uniform(counts: torch.Tensor) -> float:
     return float((nonzero * (nonzero * len(counts)).log()).sum())
 
 
-@torch.no_grad()
-def class_coverage(net, fake: torch.Tensor, num_classes: int, n_real: int) -> dict:
-    """How many classes the classifier finds among the samples, and the KL of their histogram to uniform.
+def class_coverage(logits: torch.Tensor, num_classes: int, n_real: int) -> dict:
+    """How many classes the classifier finds among the samples (its logits (n, classes)), and the KL of
+    their histogram to uniform.
 
     A class counts as found when it holds at least 10% of its uniform share of the samples, so that the
     classifier's few mistakes (about 2% on held-out digits) do not count as classes.
     """
-    predicted = torch.cat([net.classify(chunk).argmax(1) for chunk in fake.split(1000)])
-    counts = torch.bincount(predicted, minlength=num_classes).cpu()
-    threshold = max(1, math.ceil(0.1 * len(fake) / num_classes))
-    return {"classes_covered": entry((counts >= threshold).sum(), n_real, len(fake), of=num_classes,
+    counts = torch.bincount(logits.argmax(1), minlength=num_classes).cpu()
+    threshold = max(1, math.ceil(0.1 * len(logits) / num_classes))
+    return {"classes_covered": entry((counts >= threshold).sum(), n_real, len(logits), of=num_classes,
                                      min_samples=threshold),
-            "class_kl": entry(kl_to_uniform(counts), n_real, len(fake))}
+            "class_kl": entry(kl_to_uniform(counts), n_real, len(logits))}
 
 
-def image_metrics(net, real: torch.Tensor, fake: torch.Tensor, num_classes: int) -> dict:
-    """Every image metric; real and fake are (N, C, H, W) in [-1, 1] on the same device as net."""
-    out = fd_and_kid(net, real, fake)
-    out |= precision_recall(features_of(net, real), features_of(net, fake))
-    out |= class_coverage(net, fake, num_classes, len(real))
+def image_metrics(real: RealReference, fake_feats: torch.Tensor, fake_logits: torch.Tensor | None,
+                  num_classes: int) -> dict:
+    """Every image metric from features: FD, KID, precision and recall; class coverage when the feature
+    network is a classifier (fake_logits (n, classes))."""
+    out = fd_and_kid(real.feats, fake_feats) | precision_recall(real, fake_feats)
+    if fake_logits is not None:
+        out |= class_coverage(fake_logits, num_classes, len(real.feats))
     return out
 
 

@@ -6,10 +6,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gantrain import artifacts
-from gantrain.checkpoint import load_checkpoint, load_weights
 from gantrain.config import is_int, pick_device, user_path
+from gantrain.engine.build import generator_from_checkpoint
 from gantrain.errors import UserError
+from gantrain.outputs import artifacts
+from gantrain.outputs.checkpoint import load_checkpoint
 
 log = logging.getLogger("gantrain")
 FORMATS = ("grid", "png", "npz")
@@ -39,20 +40,6 @@ def labels_for(ckpt: dict, cfg: DictConfig, n: int) -> torch.Tensor | None:
     if cfg.label is not None and cfg.label >= classes:
         raise UserError(f"label={cfg.label} but the model knows classes 0..{classes - 1}; use label=0..{classes - 1}")
     return torch.full((n,), cfg.label) if cfg.label is not None else torch.arange(n) % classes
-
-
-def generator_from_checkpoint(ckpt: dict, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:
-    """G rebuilt from the checkpoint's own config, with its (EMA) weights, in eval mode; also the latent size."""
-    from gantrain.train import build_networks
-
-    saved = OmegaConf.create(ckpt["config"])
-    G, _ = build_networks(saved, tuple(ckpt["data_shape"]), ckpt.get("num_classes", 0))
-    has_ema = ckpt.get("G_ema") is not None
-    if use_ema is True and not has_ema:
-        raise UserError("ema=true but this checkpoint has no EMA weights (trained with ema_decay off); use ema=auto")
-    weights = ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"]
-    load_weights(G, weights)
-    return G.to(device).eval(), saved.latent_size
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

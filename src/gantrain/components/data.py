@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from gantrain.errors import UserError
-from gantrain.registry import register
+from gantrain.components.registry import lookup, register
 
 log = logging.getLogger("gantrain")
 
@@ -234,8 +234,6 @@ def read_idx(path: Path) -> np.ndarray:
 
 def load_data(name: str, **kwargs) -> TensorData:
     """Build the data set registered as `name` with the keyword arguments from the config."""
-    from gantrain.registry import lookup
-
     data = lookup("data", name)(**kwargs)
     if len(data) == 0:
         raise UserError(f"data set '{name}' is empty")

@@ -1,8 +1,7 @@
 """gantrain list: every registry entry and experiment preset, as a table."""
-import importlib
 from importlib.resources import files
 
-from gantrain.registry import MODULES, REGISTRIES, describe
+from gantrain.components.registry import REGISTRIES, describe
 
 
 def experiment_presets() -> dict[str, str]:
@@ -18,9 +17,8 @@ def experiment_presets() -> dict[str, str]:
 def rows() -> list[tuple[str, str, str]]:
     """(kind, name, description) for every registered component and preset; how to select each."""
     out = []
-    for kind, module in MODULES.items():
-        importlib.import_module(module)  # its decorators fill the registry
-        out += [(kind, name, describe(kind, name)) for name in sorted(REGISTRIES[kind])]
+    for kind, table in REGISTRIES.items():
+        out += [(kind, name, describe(kind, name)) for name in sorted(table)]
     out += [("experiment", name, text) for name, text in experiment_presets().items()]
     return out
 

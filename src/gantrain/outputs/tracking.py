@@ -1,6 +1,8 @@
 """Experiment trackers beside the console and metrics.csv (which are always written): logger=tensorboard."""
 from pathlib import Path
 
+from gantrain.errors import UserError
+
 
 class NoTracker:
     """logger=csv: the console, train.log and metrics.csv only."""
@@ -39,8 +41,6 @@ class TensorBoard(NoTracker):
 
 
 def open_tracker(name: str, run_dir: Path) -> NoTracker:
-    from gantrain.errors import UserError
-
     if name == "csv":
         return NoTracker()
     if name == "tensorboard":

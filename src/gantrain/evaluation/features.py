@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gantrain.checkpoint import atomic_save
-from gantrain.data import TensorData
+from gantrain.outputs.checkpoint import atomic_save
+from gantrain.components.data import TensorData
 from gantrain.errors import UserError
 
 log = logging.getLogger("gantrain")
@@ -54,9 +54,13 @@ def cache_dir() -> Path:
 
 
 def content_hash(data: TensorData) -> str:
-    h = hashlib.sha256(data.x.detach().cpu().contiguous().numpy().tobytes())
-    h.update(data.y.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A short hash of the data's values (and labels), computed once per TensorData."""
+    if "_hash" not in data.__dict__:
+        h = hashlib.sha256(data.x.detach().cpu().contiguous().numpy().tobytes())
+        if data.y is not None:
+            h.update(data.y.detach().cpu().numpy().tobytes())
+        data.__dict__["_hash"] = h.hexdigest()[:16]
+    return data.__dict__["_hash"]
 
 
 def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,11 +101,21 @@ def train_feature_net(data: TensorData, device: torch.device) -> tuple[FeatureNe
     return net, accuracy(net, x[held_idx], y[held_idx])
 
 
+_loaded: dict[tuple, tuple] = {}  # this process's feature networks, by (data, device)
+
+
 def feature_net(data: TensorData, device: torch.device) -> tuple[FeatureNet, float]:
     """The feature network for `data`, from the cache or trained now (and cached); plus its held-out accuracy."""
     if data.y is None or data.x.dim() != 4:
         raise UserError("image metrics need a labelled image data set to train the feature network on; "
                         "this data set has no labels (e.g. data=folder): use a labelled one for eval")
+    key = (content_hash(data), str(device))
+    if key not in _loaded:
+        _loaded[key] = load_or_train(data, device)
+    return _loaded[key]
+
+
+def load_or_train(data: TensorData, device: torch.device) -> tuple[FeatureNet, float]:
     path = cache_dir() / "features" / f"{content_hash(data)}-v{VERSION}.pt"
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -3,61 +3,21 @@
 Every network takes an optional label tensor y (B,) as its second argument; it is used only when the
 network was built with num_classes > 0 (a conditional GAN), and ignored otherwise.
 Data shapes: images (C, H, W) in [-1, 1]; 2D points (2,) unbounded.
+Every network here also trains as K stacked members (engine/stacked.py): BatchNorm statistics and
+spectral-norm vectors are buffers, one set per member.
 """
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm as sn
 
-from gantrain.registry import register
+from gantrain.components.layers import Heads, SNConv2d, SNLinear, hidden_layers
+from gantrain.components.registry import register
+from gantrain.errors import UserError
 
 
 def is_image(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3
-
-
-def hidden_layers(width_in: int, width: int, depth: int, activation) -> list[nn.Module]:
-    """depth x (Linear, activation), the first taking width_in features."""
-    return [m for i in range(depth) for m in (nn.Linear(width_in if i == 0 else width, width), activation())]
-
-
-class Heads(nn.Module):
-    """K output layers over one trunk: sample b goes through head k[b]. h (B, in), k (B,) -> (B, out).
-
-    A mixture of K generators that share all but the last layer (as MAD-GAN's, Ghosh et al. 2018). One
-    continuous G maps a connected latent space onto the data, so on disconnected data (separate modes) it
-    must leave some samples on the way between modes (Khayatkhoei et al. 2018); a head can sit whole on one.
-    """
-
-    def __init__(self, width_in: int, width_out: int, heads: int):
-        super().__init__()
-        bound = width_in ** -0.5  # nn.Linear's default initialisation, drawn for each head
-        self.weight = nn.Parameter(torch.empty(heads, width_out * width_in).uniform_(-bound, bound))  # row k: (out, in)
-        self.bias = nn.Parameter(torch.empty(heads, width_out).uniform_(-bound, bound))
-
-    @torch.no_grad()
-    def seed_(self, points: torch.Tensor, generator: torch.Generator) -> None:
-        """Start each head at a data point, chosen by k-means++ seeding (Arthur & Vassilvitskii 2007) among
-        `points` (N, out): each next one drawn with probability proportional to its squared distance from
-        those chosen so far, so the heads start spread over the data, not all at G's first output."""
-        chosen = [int(torch.randint(len(points), (1,), generator=generator))]
-        d2 = (points - points[chosen[0]]).square().sum(1)  # (N,) to the nearest chosen point
-        while len(chosen) < self.bias.shape[0]:
-            chosen.append(int(torch.multinomial(d2, 1, generator=generator)))
-            d2 = torch.minimum(d2, (points - points[chosen[-1]]).square().sum(1))
-        self.bias.copy_(points[chosen])
-
-    def choose(self, z: torch.Tensor) -> torch.Tensor:
-        """Head of each latent (B,): z's first coordinate cut into K bins of equal probability (its normal CDF)."""
-        k = torch.special.ndtr(z[:, 0]) * self.bias.shape[0]
-        return k.long().clamp(max=self.bias.shape[0] - 1)
-
-    def forward(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        # each sample's own weight rows, gathered (B, out, in): cheaper than running every head on every sample
-        weight = F.embedding(k, self.weight).view(h.shape[0], -1, h.shape[1])
-        return F.embedding(k, self.bias) + (weight * h.unsqueeze(1)).sum(2)
 
 
 class MLPGenerator(nn.Module):
@@ -149,14 +109,16 @@ class DCGANDiscriminator(nn.Module):
                  spectral_norm: bool = False):
         super().__init__()
         c_in, h, w = image_shape
-        norm = (lambda layer: sn(layer)) if spectral_norm else (lambda layer: layer)
+        conv, linear = (SNConv2d, SNLinear) if spectral_norm else (nn.Conv2d, nn.Linear)
         self.hw = (h, w)
         self.embed = nn.Embedding(num_classes, h * w) if num_classes else None
         self.net = nn.Sequential(
-            norm(nn.Conv2d(c_in + (1 if num_classes else 0), channels, 4, 2, 1)), nn.LeakyReLU(0.2),
-            norm(nn.Conv2d(channels, 2 * channels, 4, 2, 1)),
+            conv(c_in + (1 if num_classes else 0), channels, 4, 2, 1), nn.LeakyReLU(0.2),
+            # no bias before BatchNorm (as in the DCGAN paper): BatchNorm removes it, so its gradient is zero
+            # and Adam would step it by ~lr in the direction of float noise
+            conv(channels, 2 * channels, 4, 2, 1, bias=spectral_norm),
             nn.Identity() if spectral_norm else nn.BatchNorm2d(2 * channels), nn.LeakyReLU(0.2),
-            nn.Flatten(), norm(nn.Linear(2 * channels * (h // 4) * (w // 4), 1)),
+            nn.Flatten(), linear(2 * channels * (h // 4) * (w // 4), 1),
         )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,11 +131,14 @@ class DCGANDiscriminator(nn.Module):
 def dcgan(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0,
           spectral_norm: bool = False):
     """DCGAN: transposed-conv G with BatchNorm, conv D (optional spectral norm); images with H, W divisible by 4."""
-    from gantrain.errors import UserError
-
     if not is_image(data_shape) or data_shape[1] % 4 or data_shape[2] % 4:
         raise UserError(f"model=dcgan needs images whose height and width are divisible by 4, got shape "
                         f"{tuple(data_shape)}; use model=mlp for this data")
     channels = max(hidden_size // 4, 1)  # hidden_size=256 -> 64 base channels, as in the DCGAN paper
     return (DCGANGenerator(latent_size, channels, data_shape, num_classes),
             DCGANDiscriminator(channels, data_shape, num_classes, spectral_norm))
+
+
+def has_batch_statistics(net: nn.Module) -> bool:
+    """True if the net normalises over the batch, so real and fake must not share one forward pass."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())

@@ -48,21 +48,6 @@ def save_real_images(data, path: Path) -> None:
     save_examples(data.x[:2500] if data.x.dim() == 2 else data.x[:64], path)
 
 
-@torch.no_grad()
-def generate(G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """G(z, y) with G in eval mode (BatchNorm uses its running statistics), then back in the mode it was in."""
-    was_training = G.training
-    G.eval()
-    out = G(z, y)
-    G.train(was_training)
-    return out
-
-
-def save_samples(G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, path: Path, real=None) -> None:
-    """G(z, y) for a fixed z as a grid or scatter."""
-    save_examples(generate(G, z, y), path, real=real)
-
-
 def open_metrics(path: Path, columns: tuple[str, ...]):
     """metrics.csv opened for appending, with a header when new."""
     new = not path.exists()

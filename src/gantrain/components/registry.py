@@ -1,15 +1,15 @@
-"""One registry per kind of component: a dict of name -> builder, filled by a decorator."""
-import importlib
+"""One registry per kind of component: a dict of name -> builder, filled by a decorator (as timm's _registry).
 
+The modules that register live beside this one; importing the package (gantrain.components) imports them
+all, so a lookup always sees every entry.
+"""
 from gantrain.errors import UserError
 
-REGISTRIES: dict[str, dict] = {"model": {}, "loss": {}, "optim": {}, "data": {}}
-# the module whose decorators fill each registry, imported on first lookup
-MODULES = {"model": "gantrain.networks", "loss": "gantrain.losses", "optim": "gantrain.optimizers", "data": "gantrain.data"}
+REGISTRIES: dict[str, dict] = {"model": {}, "loss": {}, "optim": {}, "data": {}, "augment": {}}
 
 
 def register(kind: str, name: str):
-    """Decorator: make `fn` buildable as `kind=name` from the config."""
+    """Decorator: make `fn` (a function or a class) buildable as `kind=name` from the config."""
     def add(fn):
         REGISTRIES[kind][name] = fn
         return fn
@@ -18,7 +18,6 @@ def register(kind: str, name: str):
 
 def lookup(kind: str, name: str):
     """The builder registered as `name`, or a UserError listing the valid names."""
-    importlib.import_module(MODULES[kind])
     table = REGISTRIES[kind]
     if name not in table:
         valid = ", ".join(sorted(table))

@@ -1,39 +1,16 @@
-"""Jobs of a run or a sweep: their status file, launcher-aware settings, and finding an earlier run of
-the same job for resume=auto."""
+"""resume=auto: find the newest earlier run of the same job beside this one, adopt its results if it
+finished, or continue it from its checkpoint (its metrics.csv rows carried over)."""
 import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
-import yaml
+from gantrain.evaluation.evaluate import headline
+from gantrain.outputs.checkpoint import load_checkpoint
+from gantrain.outputs.status import job_overrides, read_status
 
 log = logging.getLogger("gantrain")
-STATUS = "status.json"  # state: running | done | failed | interrupted, with the one-line reason
-
-
-def write_status(run_dir: Path, state: str, **extra) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{STATUS}.tmp"
-    tmp.write_text(json.dumps({"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}) + "\n")
-    os.replace(tmp, run_dir / STATUS)
-
-
-def read_status(run_dir: Path) -> dict:
-    """The job's status; a job that died without a word (kill -9, power loss) still says 'running'."""
-    try:
-        return json.loads((run_dir / STATUS).read_text())
-    except (OSError, ValueError):
-        return {"state": "unknown"}
-
-
-def job_overrides(run_dir: Path) -> list[str]:
-    """The command-line overrides of the job in run_dir (Hydra's .hydra/overrides.yaml)."""
-    try:
-        return list(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])
-    except (OSError, yaml.YAMLError):
-        return []
 
 
 def identity(overrides: list[str]) -> list[str]:
@@ -81,15 +58,23 @@ def carry_metrics(previous: Path, run_dir: Path, up_to_step: int) -> None:
     (run_dir / "metrics.csv").write_text("\n".join(kept) + "\n")
 
 
-def launcher_settings(cfg, hydra_cfg) -> None:
-    """Under a parallel launcher, share the cores among the jobs and spread jobs over the GPUs."""
-    import torch
-
-    launcher = str(hydra_cfg.launcher.get("_target_", ""))
-    if "joblib" in launcher and cfg.trainer.threads == 0:
-        n_jobs = hydra_cfg.launcher.get("n_jobs", -1)
-        cores = os.cpu_count() or 1
-        n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
-        cfg.trainer.threads = max(1, cores // n_jobs)
-    if cfg.device == "auto" and torch.cuda.device_count() > 1 and hydra_cfg.job.get("num") is not None:
-        cfg.device = f"cuda:{hydra_cfg.job.num % torch.cuda.device_count()}"
+def auto_resume(cfg, run_dir: Path, overrides: list[str], multirun: bool) -> tuple[bool, float | None]:
+    """resume=auto: find the newest earlier run of this job. Finished: adopt its results (returns True and its
+    metric). Interrupted with a checkpoint: set cfg.resume to it. Otherwise start fresh."""
+    previous = previous_run(run_dir, overrides, multirun)
+    last = previous / "checkpoints" / "last.pt" if previous else None
+    ckpt = load_checkpoint(last) if last and last.exists() else None
+    finished = ckpt is not None and ckpt["epoch"] >= cfg.epochs and not ckpt.get("position")
+    if previous and (read_status(previous).get("state") == "done" or finished):
+        adopt(previous, run_dir)
+        log.info(f"resume=auto: this job already finished in {previous}; its results are linked here")
+        metrics_json = previous / "metrics.json"
+        results = json.loads(metrics_json.read_text())["metrics"] if metrics_json.exists() else {}
+        return True, headline(results, cfg.eval.metric)
+    if ckpt is not None:
+        carry_metrics(previous, run_dir, ckpt["step"])
+        cfg.resume = str(last)
+        return False, None
+    log.info("resume=auto: no earlier checkpoint of this job; starting fresh")
+    cfg.resume = None
+    return False, None

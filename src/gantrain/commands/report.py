@@ -6,9 +6,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gantrain.curves import pyplot, read_metrics
+from gantrain.outputs.curves import pyplot, read_metrics
 from gantrain.errors import UserError
-from gantrain.runs import job_overrides, read_status
+from gantrain.outputs.status import job_overrides, read_status
 
 HIGHER_IS_BETTER = {"precision", "recall", "classes_covered", "modes", "hq_percent", "feature_net_accuracy"}
 TRAIN_COLUMNS = ("d_loss", "g_loss", "d_x", "d_g_z")

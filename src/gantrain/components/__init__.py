@@ -1,0 +1,6 @@
+"""The building blocks a config names: networks, losses, optimizers, data sets (and augmentations).
+
+Importing this package fills every registry (registry.py), so `lookup(kind, name)` sees every entry.
+"""
+from gantrain.components import data, losses, networks, optimizers  # noqa: F401  (their decorators register)
+from gantrain.components.registry import describe, lookup, register  # noqa: F401

@@ -1,0 +1,108 @@
+"""Build what a stack trains from its members' configs: the networks (each from its member's seed), the loss,
+the optimizers and the step. One member gets plain modules (plain.py), several get stacked parameters
+(stacked.py); both run the same step (step.py)."""
+import torch
+from omegaconf import OmegaConf
+
+from gantrain.components.data import TensorData
+from gantrain.components.registry import lookup
+from gantrain.config import kwargs_of
+from gantrain.engine.cuda_graph import graphed
+from gantrain.engine.plain import PlainMembers
+from gantrain.engine.stacked import StackedMembers
+from gantrain.engine.step import make_step
+from gantrain.errors import UserError
+from gantrain.outputs.checkpoint import load_weights
+
+
+def set_matmul_precision(precision: str) -> None:
+    """trainer.precision=tf32: float32 matrix products on CUDA's TF32 tensor cores (inputs rounded to a 10-bit
+    mantissa, fp32 sums), several times faster on Ampere and later; fp32 and bf16 keep them in full fp32."""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
+def build_networks(cfg, data_shape, num_classes: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """G and D from the model registry, with sizes from the top level of the config."""
+    builder = lookup("model", cfg.model.name)
+    kwargs = kwargs_of(cfg.model)
+    kwargs.pop("conditional", None)  # decided by the caller, who knows the data's classes
+    kwargs.pop("seed_heads", None)  # needs the data: seed_heads() does it
+    try:
+        return builder(data_shape=tuple(data_shape), latent_size=cfg.latent_size, hidden_size=cfg.hidden_size,
+                       num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise UserError(f"model '{cfg.model.name}' got a bad option ({e}); see conf/model/{cfg.model.name}.yaml") from None
+
+
+def seed_heads(G: torch.nn.Module, cfg, data: TensorData) -> None:
+    """model.seed_heads: G's heads start at data points (k-means++ seeding over 10,000 of them), from the seed."""
+    if cfg.model.get("seed_heads", False):  # 2D data and heads > 1: check_train_config made sure
+        G.heads.seed_(data.x[:10_000].cpu(), torch.Generator().manual_seed(cfg.seed))
+
+
+def classes_of(cfg, data: TensorData) -> int:
+    """How many classes a conditional model sees (0 when unconditional)."""
+    if not cfg.model.get("conditional", False):
+        return 0
+    if data.y is None:
+        raise UserError(f"model.conditional=true needs a labelled data set, and {cfg.data.name} has no labels")
+    return int(data.y.max()) + 1
+
+
+def member_networks(cfg, data: TensorData, num_classes: int, device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A member's G and D, initialised from its own seed exactly as its lone run initialises them."""
+    torch.manual_seed(cfg.seed)
+    G, D = build_networks(cfg, data.shape, num_classes)
+    seed_heads(G, cfg, data)
+    return G.to(device), D.to(device)
+
+
+def per_member_kwargs(component, kwargs: list[dict], device) -> dict:
+    """One component's keyword arguments for a stack: its member_keys as (K,) tensors, the rest shared."""
+    shared = dict(kwargs[0])
+    for key in component.member_keys:
+        if key in shared:
+            shared[key] = torch.tensor([float(kw[key]) for kw in kwargs], device=device)
+    return shared
+
+
+def build_loss(loss_class, kwargs: dict, name: str):
+    try:
+        return loss_class(**kwargs)
+    except TypeError as e:
+        raise UserError(f"loss '{name}' got a bad option ({e}); see conf/loss/{name}.yaml") from None
+
+
+def build_stack(configs: list, data: TensorData, num_classes: int, device: torch.device):
+    """The members (plain for one, stacked for several), their loss and their step (graphed on CUDA)."""
+    cfg = configs[0]  # everything but member keys is the same in every member (plan.py)
+    nets = [member_networks(c, data, num_classes, device) for c in configs]
+    optimizer = lookup("optim", cfg.optim.name)
+    optim_kwargs = [kwargs_of(c.optim) for c in configs]
+    loss_class = lookup("loss", cfg.loss.name)
+    skip, fast = cfg.on_nan == "skip", cfg.trainer.fast
+    graph = cfg.trainer.cuda_graph and device.type == "cuda"
+    if len(configs) == 1:
+        G, D = nets[0]
+        graph = graph and not skip and optimizer.capturable  # skipping syncs with the host; the graph cannot
+        opt_g, opt_d = (optimizer.build_torch(net.parameters(), optim_kwargs[0], fast, capturable=graph) for net in (G, D))
+        members = PlainMembers(G, D, opt_g, opt_d, cfg.ema_decay, skip)
+        loss = build_loss(loss_class, kwargs_of(cfg.loss), cfg.loss.name)
+    else:
+        members = StackedMembers([G for G, _ in nets], [D for _, D in nets], optimizer, optim_kwargs,
+                                 [c.ema_decay for c in configs], skip, fast)
+        loss = build_loss(loss_class, per_member_kwargs(loss_class, [kwargs_of(c.loss) for c in configs], device),
+                          cfg.loss.name)
+    step = make_step(members, loss, n_critic=cfg.n_critic, joint_d_pass=fast, precision=cfg.trainer.precision)
+    return members, loss, graphed(step) if graph else step
+
+
+def generator_from_checkpoint(ckpt: dict, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """G rebuilt from a checkpoint's own config, with its (EMA) weights, in eval mode; also the latent size."""
+    saved = OmegaConf.create(ckpt["config"])
+    G, _ = build_networks(saved, tuple(ckpt["data_shape"]), ckpt.get("num_classes", 0))
+    has_ema = ckpt.get("G_ema") is not None
+    if use_ema is True and not has_ema:
+        raise UserError("ema=true but this checkpoint has no EMA weights (trained with ema_decay off); use ema=auto")
+    load_weights(G, ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"])
+    return G.to(device).eval(), saved.latent_size

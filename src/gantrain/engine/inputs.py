@@ -1,0 +1,50 @@
+"""A step's inputs for K members: each member's data order and random numbers come from its own generator,
+in the same order whatever the stack, so a member's batches are those of its lone run.
+
+The data set lives on the device as one tensor (data.py); an epoch is a fresh permutation per member and
+a step's real batch is an index slice of it. An epoch has N // (batch_size * n_critic) steps: a last
+partial batch is dropped (as DataLoader(drop_last=True)), and the dropped examples differ every epoch.
+"""
+import torch
+
+from gantrain.components.data import TensorData
+
+
+def epoch_order(n: int, gen: torch.Generator) -> torch.Tensor:
+    """A fresh permutation of the data set's n examples for one epoch (on the generator's device)."""
+    return torch.randperm(n, generator=gen, device=gen.device)
+
+
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(K, ...) from K tensors; a view for one (a lone run pays no copy)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def member_draws(gen: torch.Generator, batch_size: int, latent_size: int, n_critic: int, num_classes: int,
+                 loss) -> dict[str, torch.Tensor]:
+    """One member's random numbers for one step: noise z (n_critic + 1, B, latent) for the n_critic D updates
+    and the G update, fake labels drawn uniformly for a conditional GAN, and what the loss draws."""
+    draws = {"z": torch.randn(n_critic + 1, batch_size, latent_size, generator=gen, device=gen.device)}
+    if num_classes:
+        draws["y_fake"] = torch.randint(num_classes, (n_critic + 1, batch_size), generator=gen, device=gen.device)
+    return draws | loss.draw(n_critic, batch_size, gen)
+
+
+def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Tensor], *, batch_size: int,
+                latent_size: int, n_critic: int, num_classes: int, loss) -> dict[str, torch.Tensor]:
+    """Step i of an epoch for every member: real (K, n_critic, B, ...) from each member's order (K, N), with
+    labels y_real for a conditional GAN, and each member's draws stacked along K (see step.py)."""
+    per_step = batch_size * n_critic
+    idx = orders[:, i * per_step:(i + 1) * per_step].view(len(orders), n_critic, batch_size)
+    inputs = {"real": data.x[idx]}
+    if num_classes:
+        inputs["y_real"] = data.y[idx]
+    draws = [member_draws(gen, batch_size, latent_size, n_critic, num_classes, loss) for gen in gens]
+    return inputs | {name: stack([d[name] for d in draws]) for name in draws[0]}
+
+
+def fixed_latents(cfg, data: TensorData) -> torch.Tensor:
+    """The fixed latent batch behind samples/epoch_NNNN.png: 64 images or 2,500 points, drawn on the CPU
+    from the seed (the same on any device)."""
+    n = 2500 if data.x.dim() == 2 else 64
+    return torch.randn(n, cfg.latent_size, generator=torch.Generator().manual_seed(cfg.seed))

@@ -1,0 +1,138 @@
+"""Jobs into stacks: each job is prepared (resume=auto, a checkpoint to continue from, its config checked),
+the jobs that may share a stack are grouped (plan.py), and each group trains in chunks that fit the
+device, through the one loop (loop.py). A lone `gantrain train` is one job in a stack of one."""
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from gantrain.components.data import TensorData, load_data
+from gantrain.config import check_train_config, config_for_resume, kwargs_of, pick_device, user_path
+from gantrain.engine.build import build_networks, build_stack, classes_of, set_matmul_precision
+from gantrain.engine.loop import fit
+from gantrain.engine.member import Member, Where
+from gantrain.engine.plan import free_bytes, member_bytes, plan
+from gantrain.engine.resume import auto_resume
+from gantrain.errors import UserError
+from gantrain.evaluation.evaluate import evaluable
+from gantrain.outputs.checkpoint import load_checkpoint
+from gantrain.outputs.status import job_status, read_status, write_status
+
+log = logging.getLogger("gantrain")
+
+
+@dataclass
+class Job:
+    """One run: its config, its run dir, the command-line overrides that made it (what makes it the same
+    job for resume=auto) and its name in a sweep; after prepare(), the checkpoint it resumes from."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    name: str = ""
+    ckpt: dict | None = None
+
+    @property
+    def resumed_at(self) -> tuple | None:
+        return None if self.ckpt is None else (self.ckpt["epoch"], self.ckpt["step"], self.ckpt.get("position", 0))
+
+
+def prepare(job: Job, multirun: bool) -> bool:
+    """Resolve resume (auto or a path) and check the config; False when an earlier run of the job finished
+    (resume=auto adopted its results and marked it done)."""
+    if (job.run_dir / "checkpoints" / "last.pt").exists():
+        raise UserError(f"{job.run_dir} already holds a run's checkpoint; wait a second (run dirs are named by the "
+                        f"time) or choose another hydra.run.dir")
+    if job.cfg.resume == "auto":
+        done, score = auto_resume(job.cfg, job.run_dir, job.overrides, multirun)
+        if done:
+            write_status(job.run_dir, "done", **({} if score is None else {"metric": score}))
+            return False
+    if job.cfg.resume:
+        job.ckpt = load_checkpoint(user_path(job.cfg.resume))
+        job.cfg = config_for_resume(job.ckpt, job.cfg, job.overrides)
+    check_train_config(job.cfg)
+    return True
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool = False) -> float | None:
+    """Train one job (resuming from cfg.resume if set); artifacts go to run_dir. Returns its metric; a
+    member that diverged ends it with its one-line UserError."""
+    job = Job(cfg, run_dir, overrides)
+    if not prepare(job, multirun):
+        return read_status(run_dir).get("metric")  # an earlier run of this job finished: its metric
+    member = train_group([job])[0]
+    if member.failure:
+        raise UserError(member.failure)
+    return member.score
+
+
+def train_jobs(jobs: list[Job], multirun: bool = True) -> None:
+    """A sweep's jobs: prepared one by one (a bad one fails alone), then grouped into stacks; an error in
+    one stack marks its members failed and the others go on. Each job's status.json says how it ended."""
+    ready = []
+    for job in jobs:
+        with job_status([job.run_dir], keep_going=True, what=f"job {job.name}"):
+            if prepare(job, multirun):
+                ready.append(job)
+    groups = plan([j.cfg for j in ready], [j.resumed_at for j in ready])
+    for members, reason in groups:
+        names = ",".join(ready[i].name for i in members)
+        log.info(f"  jobs {names}: " + (f"one at a time ({reason})" if reason else f"one stack (K={len(members)})"))
+    for members, reason in groups:
+        for batch in ([[i] for i in members] if reason else [members]):
+            group = [ready[i] for i in batch]
+            with job_status([j.run_dir for j in group], keep_going=True, what=f"jobs {','.join(j.name for j in group)}"):
+                train_group(group)
+
+
+def train_group(jobs: list[Job]) -> list[Member]:
+    """Jobs that may share a stack, trained in chunks that fit the device's free memory (members resuming
+    mid-epoch share a position: plan.py grouped them by it)."""
+    cfg = jobs[0].cfg
+    device = pick_device(cfg.device)
+    if cfg.trainer.threads > 0:
+        torch.set_num_threads(cfg.trainer.threads)
+    set_matmul_precision(cfg.trainer.precision)
+    data = load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",))).to(device)
+    if cfg.batch_size * cfg.n_critic > len(data):
+        raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
+                        f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
+    num_classes = classes_of(cfg, data)
+    if cfg.eval.enabled and data.x.dim() == 4 and data.y is None:
+        log.warning(f"{cfg.data.name} has no labels, so no feature network can be trained: metrics are skipped")
+    k_max = len(jobs)
+    if len(jobs) > 1:
+        G, D = build_networks(cfg, data.shape, num_classes)
+        per_member = member_bytes(cfg, data.shape, sum(p.numel() for p in [*G.parameters(), *D.parameters()]))
+        free = free_bytes(device)
+        k_max = max(1, int(0.5 * free / per_member))
+        log.info(f"memory: {free / 2**30:.1f} GiB free on {device}, ~{per_member / 2**20:.1f} MiB per member: "
+                 f"up to {k_max} members per stack")
+    members = []
+    for start in range(0, len(jobs), k_max):
+        members += train_stack(jobs[start:start + k_max], data, num_classes, device)
+    return members
+
+
+def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: torch.device) -> list[Member]:
+    K = len(jobs)
+    nets, loss, step = build_stack([j.cfg for j in jobs], data, num_classes, device)
+    members = [Member(j.cfg, j.run_dir, device, evaluable(j.cfg, data), own_log=K > 1,
+                      prefix=f"[{j.name}] " if K > 1 else "") for j in jobs]
+    where, orders = Where(), None
+    for k, job in enumerate(jobs):
+        if job.ckpt is not None:  # every member of a stack resumes from the same point (plan.py)
+            nets.load_member(k, job.ckpt)
+            members[k].restore(job.ckpt)
+            where = Where(job.ckpt["epoch"], job.ckpt["step"], job.ckpt.get("position", 0))
+            members[k].say(f"resumed from {user_path(job.cfg.resume)} at epoch {where.epoch}, step {where.step}"
+                           + (f" ({where.position} steps into epoch {where.epoch + 1})" if where.position else ""))
+    if where.position:
+        orders = torch.stack([job.ckpt["order"].to(device) for job in jobs])
+    if K > 1:
+        log.info(f"stack of {K} members: jobs {','.join(j.name for j in jobs)}")
+    fit(nets, step, loss, members, data, num_classes, where, orders)
+    return members

@@ -1,0 +1,199 @@
+"""The training loop: K >= 1 members stepped together, each with its own data order and noise, log lines,
+metrics.csv, tracker, samples, checkpoints, evaluation and status, as its lone run would write them.
+A lone `gantrain train` is K = 1 of this loop. The loop sees the members through `nets` (plain modules
+or stacked parameters: it does not know which) and runs `step` (step.py) on their stacked inputs.
+"""
+import logging
+import shutil
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
+from tqdm import tqdm
+
+from gantrain.engine.inputs import epoch_order, fixed_latents, step_inputs
+from gantrain.engine.member import Member, Where
+from gantrain.engine.step import STATS
+from gantrain.evaluation.evaluate import evaluate_stack
+from gantrain.outputs import artifacts, curves
+from gantrain.outputs.checkpoint import save_checkpoint
+from gantrain.outputs.status import write_status
+
+log = logging.getLogger("gantrain")
+# top-level keys the loop (or the members' networks and optimizers) honours for each member on its own,
+# so they may differ within a stack; every other key must be equal in a stack (plan.py)
+MEMBER_KEYS = ("seed", "log_every", "sample_every", "ckpt_every", "eval_every", "eval", "ema_decay", "resume", "logger")
+
+
+@contextmanager
+def deferred_signals():
+    """SIGINT and SIGTERM are noted, for the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield caught
+        return
+
+    def note(signum, frame):
+        if caught and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def fit(nets, step, loss, members: list[Member], data, num_classes: int, where: Where,
+        orders: torch.Tensor | None = None) -> None:
+    """Train the members from `where` to their epochs (orders: each member's data order when resuming
+    mid-epoch, (K, N)). A member whose loss goes NaN/Inf stops alone (on_nan=stop); a signal stops all
+    of them with a checkpoint each, mid-epoch, that resumes exactly."""
+    cfg, K, device = members[0].cfg, len(members), data.x.device  # shared keys: batch_size, epochs, n_critic...
+    steps_per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)  # a last partial batch is dropped
+    last_step = cfg.epochs * steps_per_epoch
+    history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
+    shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic,
+                  num_classes=num_classes, loss=loss)
+    outputs = EpochOutputs(nets, members, data, num_classes)
+    seconds, first_step = {"steps": 0.0, "samples, checkpoints, eval": 0.0}, where.step
+    for m in members:
+        m.say(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, {steps_per_epoch} "
+              f"steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {m.run_dir}")
+    try:
+        with deferred_signals() as caught, ThreadPoolExecutor(8, thread_name_prefix="gantrain-writer") as writer:
+            while where.epoch < cfg.epochs and any(m.alive for m in members):
+                tick = time.perf_counter()
+                if orders is None:
+                    orders = torch.stack([epoch_order(len(data), m.gen) for m in members])  # (K, N)
+                steps = range(where.position, steps_per_epoch)
+                for i in tqdm(steps, initial=where.position, total=steps_per_epoch, leave=False, disable=not sys.stderr.isatty(),
+                              desc=f"epoch {where.epoch + 1}/{cfg.epochs}"):
+                    inputs = step_inputs(data, orders, i, [m.gen for m in members], **shapes)
+                    history[:, i] = step(inputs, r1=loss.r1_due(where.step))
+                    where.step, where.position = where.step + 1, i + 1
+                    logging_now = [k for k, m in enumerate(members) if m.alive and (
+                        where.step % m.cfg.log_every == 0 or where.step == last_step or caught)]
+                    if logging_now:  # a host sync, once per log line (and at the last step, and at a signal)
+                        stop_diverged(history[:, :i + 1], where, members)
+                        log_rows(history[:, i], nets.skipped, where, steps_per_epoch, members, logging_now)
+                    if caught:
+                        interrupt(caught[0], nets, members, where, orders, data.shape, num_classes)
+                stop_diverged(history, where, members)  # before anything of this epoch is saved
+                seconds["steps"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                where.epoch, where.position, orders = where.epoch + 1, 0, None
+                outputs.write(where, where.epoch == cfg.epochs, writer)
+                seconds["samples, checkpoints, eval"] += time.perf_counter() - tick
+    finally:
+        for m in members:
+            m.close()
+    finish(members, where, first_step, seconds)
+
+
+def stop_diverged(history: torch.Tensor, where: Where, members: list[Member]) -> None:
+    """on_nan=stop: a member whose d_loss or g_loss went NaN/Inf in `history` (its steps of this epoch so far,
+    (K, steps, 4)) stops and is marked failed, naming the step and its last good checkpoint; the others go on."""
+    if members[0].cfg.on_nan != "stop":
+        return
+    bad = ~torch.isfinite(history[:, :, :2]).all(dim=2)  # (K, steps)
+    for k in bad.any(dim=1).nonzero().flatten().tolist():
+        m = members[k]
+        if m.alive:
+            i = int(bad[k].nonzero()[0])
+            d_loss, g_loss = history[k, i, :2].tolist()
+            m.alive, m.failure = False, (
+                f"loss became non-finite at step {where.step - where.position + i + 1} (d_loss {d_loss}, g_loss "
+                f"{g_loss}); last good checkpoint: {m.last_ckpt}. Resume from it with a lower optim.lr, or set on_nan=skip")
+            write_status(m.run_dir, "failed", reason=m.failure)
+            if len(members) > 1:  # a lone run's failure ends the command with this line (jobs.py)
+                m.say(f"stopped: {m.failure}", logging.ERROR)
+
+
+def log_rows(stats: torch.Tensor, skipped: torch.Tensor, where: Where, steps_per_epoch: int,
+             members: list[Member], which: list[int]) -> None:
+    """Log lines of the members in `which` from one copy of (K, 4) stats and (K,) skip counts to the host."""
+    rows = torch.cat([stats, skipped.unsqueeze(1).to(stats.dtype)], dim=1).tolist()
+    for k in which:
+        if members[k].alive:
+            members[k].log_stats(where, steps_per_epoch, rows[k][:4], int(rows[k][4]))
+
+
+def interrupt(signum: int, nets, members: list[Member], where: Where, orders, data_shape, num_classes: int):
+    """A mid-epoch checkpoint for every member, holding its epoch's data order and position, then exit
+    128 + signum (the members' status becomes `interrupted`: jobs.py)."""
+    name = signal.Signals(signum).name
+    for k, m in enumerate(members):
+        if m.alive:
+            path = m.run_dir / "checkpoints" / "last.pt"
+            save_checkpoint(path, m.checkpoint_state(nets.member_state(k), where, orders[k], data_shape, num_classes))
+            m.say(f"{name}: stopped at epoch {where.epoch + 1}, step {where.step}; saved {path}\n"
+                  f"resume with: gantrain train resume={path}")
+    raise SystemExit(128 + signum)
+
+
+class EpochOutputs:
+    """What members leave at the end of an epoch: sample grids (or scatter plots), checkpoints, and
+    evaluations with best.pt. Generation and evaluation run for all due members at once; files are
+    written by threads while the device work stays on the loop's thread."""
+
+    def __init__(self, nets, members: list[Member], data, num_classes: int):
+        self.nets, self.members, self.data, self.num_classes = nets, members, data, num_classes
+        device = data.x.device
+        self.fixed_z = torch.stack([fixed_latents(m.cfg, data) for m in members]).to(device)  # (K, n, latent)
+        n = self.fixed_z.shape[1]
+        self.fixed_y = (torch.arange(n, device=device) % num_classes).expand(len(members), n) if num_classes else None
+        self.real_points = data.x[:n].cpu() if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
+        artifacts.save_real_images(data, members[0].run_dir / "real_images.png")  # the same data for every member
+        for m in members[1:]:
+            shutil.copyfile(members[0].run_dir / "real_images.png", m.run_dir / "real_images.png")
+
+    def write(self, where: Where, last: bool, writer: ThreadPoolExecutor) -> None:
+        members, nets = self.members, self.nets
+        alive = [k for k, m in enumerate(members) if m.alive]
+        sample = [k for k in alive if members[k].due("sample_every", where.epoch, last)]
+        keep = [k for k in alive if members[k].due("ckpt_every", where.epoch, last)]
+        evaluate = [k for k in alive if members[k].evaluating and members[k].due("eval_every", where.epoch, last)]
+        writes, pngs = [], {}
+        if sample:
+            images = nets.sample(self.fixed_z[sample], None if self.fixed_y is None else self.fixed_y[sample], sample).cpu()
+            for j, k in enumerate(sample):
+                pngs[k] = members[k].run_dir / "samples" / f"epoch_{where.epoch:04d}.png"
+                writes.append(writer.submit(artifacts.save_examples, images[j], pngs[k], real=self.real_points))
+        # RNG reads, config resolving, optimizer state copies: only for the members that need a state
+        states = {k: members[k].checkpoint_state(nets.member_state(k), where, None, self.data.shape, self.num_classes)
+                  for k in sorted(set(keep) | set(evaluate))}
+        for k in keep:
+            path = members[k].run_dir / "checkpoints" / "last.pt"
+            writes.append(writer.submit(save_checkpoint, path, states[k]))
+            members[k].last_ckpt = f"{path} (epoch {where.epoch})"
+        if evaluate:
+            cfgs = [members[k].cfg for k in evaluate]
+            sample = lambda z, y, which: nets.sample(z, y, [evaluate[j] for j in which])
+            results = evaluate_stack(sample, self.data, cfgs[0].data.name, cfgs[0].latent_size, self.num_classes,
+                                     [c.seed for c in cfgs], [c.eval.n for c in cfgs])
+            for k, result in zip(evaluate, results):
+                members[k].record_eval(result, states[k], where)
+        for w in writes:
+            w.result()  # a failed write stops training here, as it would have unthreaded
+        for k, png in pngs.items():
+            members[k].tracker.image("samples", png, where.epoch)
+
+
+def finish(members: list[Member], where: Where, first_step: int, seconds: dict) -> None:
+    curves.plot_curves_of([m.run_dir for m in members])
+    steps, K = where.step - first_step, len(members)
+    if K > 1:  # what a stack bought: steps/s of the whole stack, and what its files cost
+        log.info(f"stack of {K} members: {steps} steps in {seconds['steps']:.1f} s ({steps / max(seconds['steps'], 1e-9):.1f} "
+                 f"stacked steps/s, {K * steps / max(seconds['steps'], 1e-9):.0f} member-steps/s); samples, checkpoints "
+                 f"and eval {seconds['samples, checkpoints, eval']:.1f} s")
+    for m in members:
+        if m.alive:
+            write_status(m.run_dir, "done", **({} if m.score is None else {"metric": m.score}))
+            m.say(f"done: {where.step} steps; checkpoint, samples and curves in {m.run_dir}")

@@ -1,0 +1,105 @@
+"""One run inside a stack: its config, its random generator, its run dir and the files it writes there
+(train.log, metrics.csv, a tracker, checkpoints), whatever the stack it trains in."""
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from gantrain.config import user_path
+from gantrain.engine.step import STATS
+from gantrain.evaluation.evaluate import headline, write_metrics
+from gantrain.outputs import artifacts
+from gantrain.outputs.checkpoint import rng_state, save_checkpoint, set_rng_state
+from gantrain.outputs.tracking import open_tracker
+
+log = logging.getLogger("gantrain")
+
+
+@dataclass
+class Where:
+    """A stack's position in training: completed epochs, global steps, steps done in the current epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    position: int = 0
+
+
+class Member:
+    """A member's bookkeeping: alive or failed, its best metric, its last checkpoint, and its outputs.
+
+    own_log: write train.log here (in a stack); a lone run's train.log is written by Hydra's job logging.
+    prefix: what its console lines start with (its job name in a stack, nothing for a lone run).
+    """
+
+    def __init__(self, cfg, run_dir: Path, device: torch.device, evaluating: bool, own_log: bool = False,
+                 prefix: str = ""):
+        self.cfg, self.run_dir, self.evaluating, self.prefix = cfg, run_dir, evaluating, prefix
+        self.gen = torch.Generator(device).manual_seed(cfg.seed)  # data order, noise and the loss's draws
+        self.alive, self.failure, self.best, self.score = True, None, None, None
+        self.last_ckpt = f"{user_path(cfg.resume)}" if cfg.resume else "none yet"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
+        self.tracker = open_tracker(cfg.logger.name, run_dir)
+        self.file_log = None
+        if own_log:
+            self.file_log = logging.Logger(f"gantrain.member.{run_dir}")  # outside the hierarchy: this file only
+            handler = logging.FileHandler(run_dir / "train.log")
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+            self.file_log.addHandler(handler)
+
+    def say(self, message: str, level: int = logging.INFO) -> None:
+        """A line on the console (and in the run's train.log)."""
+        log.log(level, f"{self.prefix}{message}")
+        if self.file_log is not None:
+            self.file_log.log(level, message)
+
+    def due(self, every_key: str, epoch: int, last: bool) -> bool:
+        """Whether an every-N-epochs task (sample_every, ckpt_every, eval_every) runs after `epoch` (always
+        after the last; every=0 means only then)."""
+        every = self.cfg[every_key]
+        return last or (every > 0 and epoch % every == 0)
+
+    def log_stats(self, where: Where, steps_per_epoch: int, values: list[float], skipped: int) -> None:
+        """The reference's log line, with the same values as a row of metrics.csv and the tracker's scalars."""
+        d_loss, g_loss, d_x, d_g_z = values
+        self.tracker.scalars({f"train/{name}": v for name, v in zip(STATS, values)}, where.step)
+        note = f" (skipped {skipped} non-finite updates)" if skipped else ""
+        self.say(f"Epoch[{where.epoch + 1}/{self.cfg.epochs}] Step[{where.position}/{steps_per_epoch}] "
+                 f"d_loss {d_loss:.4f} g_loss {g_loss:.4f} D(x) {d_x:.2f} D(G(z)) {d_g_z:.2f}{note}")
+        self.csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
+
+    def checkpoint_state(self, nets_state: dict, where: Where, order: torch.Tensor | None, data_shape,
+                         num_classes: int) -> dict:
+        """What a checkpoint holds: tensors and plain values only (see checkpoint.py). `order` is this
+        member's data order when the checkpoint is taken mid-epoch (where.position > 0)."""
+        return {"config": OmegaConf.to_container(self.cfg, resolve=True), "data_shape": list(data_shape),
+                "num_classes": num_classes, "epoch": where.epoch, "step": where.step, "position": where.position,
+                "order": order.cpu() if where.position else None, **nets_state, "rng": rng_state(self.gen)}
+
+    def record_eval(self, results: dict, state: dict, where: Where) -> None:
+        """An evaluation's metrics.json, tracker scalars and log line; checkpoints/best.pt when it is the best yet."""
+        score = headline(results, self.cfg.eval.metric)
+        if score is None:
+            return
+        self.score = score
+        write_metrics(self.run_dir / "metrics.json", results, epoch=where.epoch, step=where.step)
+        self.tracker.scalars({f"eval/{k}": v["value"] for k, v in results.items() if math.isfinite(v["value"])}, where.step)
+        first = next(iter(results.values()))
+        self.say(f"eval at epoch {where.epoch}: " + ", ".join(f"{k} {v['value']:.4g}" for k, v in results.items())
+                 + f" (n_real {first['n_real']}, n_fake {first['n_fake']})")
+        if self.best is None or score < self.best:
+            save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
+            self.best = score
+
+    def restore(self, ckpt: dict) -> None:
+        """The member's generator (data order and noise) from its checkpoint; the weights are the stack's."""
+        set_rng_state(self.gen, ckpt["rng"])
+
+    def close(self) -> None:
+        self.csv.close()
+        self.tracker.close()
+        for handler in self.file_log.handlers if self.file_log else ():
+            handler.close()

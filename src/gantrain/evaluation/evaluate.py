@@ -1,0 +1,115 @@
+"""Evaluation of generators against their data set: at the end of training (every due member of a stack at
+once: one pass of the feature network over all their samples) and by `gantrain eval`."""
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from gantrain.components.data import MIXTURES, TensorData
+from gantrain.errors import UserError
+from gantrain.evaluation import metrics
+from gantrain.evaluation.features import cache_dir, content_hash, feature_net, split
+from gantrain.outputs.checkpoint import atomic_save
+
+log = logging.getLogger("gantrain")
+PROTOCOL_POINTS = 2500  # the PacGAN / VEEGAN tables count modes on 2,500 samples
+CHUNK = 1000  # samples generated (and featurised) per member at a time
+REFERENCE_VERSION = 1  # bump when the real subset or its features change: old cache entries are then ignored
+
+
+def evaluable(cfg, data: TensorData) -> bool:
+    """Whether this run evaluates: eval.enabled, and data that has metrics (labelled images, 2D points)."""
+    return bool(cfg.eval.enabled) and not (data.x.dim() == 4 and data.y is None)
+
+
+def eval_latents(n: int, latent_size: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The n latents (and labels, the classes in equal shares) an evaluation samples: drawn on the CPU from
+    the seed, so the same on any device."""
+    z = torch.randn(n, latent_size, generator=torch.Generator().manual_seed(seed))
+    return z, (torch.arange(n) % num_classes if num_classes else None)
+
+
+def samples_in_chunks(sample, members: list[int], latents: list[tuple], device):
+    """Yield (M, chunk, ...) samples of the M members, CHUNK latents at a time (memory stays bounded)."""
+    z = torch.stack([zm for zm, _ in latents])  # (M, n, latent)
+    y = None if latents[0][1] is None else torch.stack([ym for _, ym in latents])
+    for start in range(0, z.shape[1], CHUNK):
+        yield sample(z[:, start:start + CHUNK].to(device), None if y is None else y[:, start:start + CHUNK].to(device),
+                     members)
+
+
+_references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, n, seed)
+
+
+@torch.no_grad()
+def real_reference(net, data: TensorData, n: int, seed: int) -> metrics.RealReference:
+    """Features and k-NN radii of n real examples drawn by `seed`: computed once per data set, n and seed,
+    and cached on disk beside the feature network (every evaluation of that data reuses them)."""
+    key = (content_hash(data), n, seed)
+    if key in _references:
+        return _references[key]
+    path = cache_dir() / "references" / f"{key[0]}-n{n}-seed{seed}-v{REFERENCE_VERSION}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location=data.x.device, weights_only=True)
+        reference = metrics.RealReference(saved["feats"], saved["radii"], saved["k"])
+    else:
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].to(data.x.device)
+        reference = metrics.real_reference(torch.cat([net(chunk) for chunk in data.x[idx].split(CHUNK)]))
+        atomic_save(path, {"feats": reference.feats.cpu(), "radii": reference.radii.cpu(), "k": reference.k})
+    _references[key] = reference
+    return reference
+
+
+def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, num_classes: int,
+                   seeds: list[int], ns: list[int]) -> list[dict]:
+    """Metrics of M generators: sample(z (M, n, latent), y, members) -> their samples (M, n, ...), member j
+    drawing its latents from seeds[j] and compared with ns[j] real examples (2D mixtures: the protocol's
+    2,500 points). Mode counts for the 2D mixtures; FD, KID, precision/recall, class coverage for images."""
+    if data.x.dim() == 2:
+        if data_name not in MIXTURES:
+            return [{} for _ in seeds]
+        latents = [eval_latents(PROTOCOL_POINTS, latent_size, num_classes, s) for s in seeds]
+        with torch.no_grad():
+            points = torch.cat(list(samples_in_chunks(sample, list(range(len(seeds))), latents, data.x.device)), dim=1)
+        return [metrics.mixture_metrics(data_name, p, n_real=len(data)) for p in points]
+    net, accuracy = feature_net(data, data.x.device)  # trained once (with gradients), then cached
+    with torch.no_grad():
+        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, accuracy)
+
+
+def image_results(sample, data: TensorData, latent_size: int, num_classes: int, seeds: list[int], ns: list[int],
+                  net, accuracy: float) -> list[dict]:
+    """FD, KID, precision/recall and class coverage of each member, its samples featurised with the others'."""
+    classes, n_held = int(data.y.max()) + 1, len(split(len(data))[1])
+    results: list[dict] = [{} for _ in seeds]
+    for n in sorted({min(n, len(data)) for n in ns}):  # members compared with as many real examples share a pass
+        group = [j for j in range(len(seeds)) if min(ns[j], len(data)) == n]
+        latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]
+        feats = torch.cat([net(x.flatten(0, 1)).view(len(group), x.shape[1], -1)
+                           for x in samples_in_chunks(sample, group, latents, data.x.device)], dim=1)  # (M', n, F)
+        for j, f in zip(group, feats):
+            out = metrics.image_metrics(real_reference(net, data, n, seeds[j]), f, net.head(f), classes)
+            out["feature_net_accuracy"] = metrics.entry(accuracy, n_held, 0, note="held-out real data")
+            results[j] = out
+    return results
+
+
+def headline(results: dict, metric: str = "auto") -> float | None:
+    """One number to minimise (Optuna, best.pt): FD (or KID) for images; -(modes + HQ fraction) for 2D."""
+    if not results:
+        return None
+    if "modes" in results:
+        return -(results["modes"]["value"] + results["hq_percent"]["value"] / 100)
+    name = "fd" if metric == "auto" else metric
+    if name not in results:
+        raise UserError(f"eval.metric={metric} is not among this run's metrics ({', '.join(results)}); use auto, fd or kid")
+    return results[name]["value"]
+
+
+def write_metrics(path: Path, results: dict, **context) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: {kk: (None if isinstance(vv, float) and not math.isfinite(vv) else vv) for kk, vv in v.items()}
+             for k, v in results.items()}
+    path.write_text(json.dumps({**context, "metrics": clean}, indent=2) + "\n")

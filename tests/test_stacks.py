@@ -1,0 +1,377 @@
+"""Stacks of members: the stacked optimizers equal torch's per member, members equal their lone runs over
+losses x models x optimizers, every config key is honoured per member or splits the stack, and a stack
+that is stopped or killed resumes exactly."""
+import copy
+import csv
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf, open_dict
+
+from conftest import DEVICE, run_cli, write_mnist
+from gantrain.components.networks import MLPDiscriminator, MLPGenerator
+from gantrain.components.optimizers import SGD, Adam, AdamW, RMSprop
+from gantrain.components.registry import REGISTRIES
+from gantrain.engine.jobs import Job, train, train_group
+from gantrain.engine.loop import MEMBER_KEYS
+from gantrain.engine.plan import plan, stack_key
+from gantrain.engine.stacked import StackedParams, vmapped
+from gantrain.outputs.checkpoint import load_checkpoint
+
+
+OPTIMIZER_CASES = {  # two members each, every member key of each optimizer set differently in some case
+    "adam": (Adam, [dict(lr=1e-3), dict(lr=3e-2, betas=[0.5, 0.9], eps=1e-6, weight_decay=0.1)]),
+    "amsgrad": (Adam, [dict(lr=1e-3, amsgrad=True), dict(lr=3e-2, amsgrad=True, weight_decay=0.01)]),
+    "adamw": (AdamW, [dict(lr=1e-3), dict(lr=3e-2, weight_decay=0.1, betas=[0.5, 0.99], eps=1e-6)]),
+    "sgd-momentum": (SGD, [dict(lr=0.1, momentum=0.9), dict(lr=0.05, momentum=0.5, dampening=0.1, weight_decay=0.01)]),
+    "sgd-nesterov": (SGD, [dict(lr=0.1, momentum=0.9, nesterov=True), dict(lr=0.05, momentum=0.5, nesterov=True)]),
+    "sgd-plain": (SGD, [dict(lr=0.1), dict(lr=0.05, weight_decay=0.1)]),
+    "rmsprop": (RMSprop, [dict(lr=1e-3), dict(lr=3e-3, alpha=0.9, eps=1e-6, weight_decay=0.1)]),
+    "rmsprop-centred": (RMSprop, [dict(lr=1e-3, momentum=0.9, centered=True), dict(lr=3e-3, alpha=0.9, momentum=0.5, centered=True)]),
+}
+
+
+@pytest.mark.parametrize("optimizer,members", OPTIMIZER_CASES.values(), ids=OPTIMIZER_CASES.keys())
+def test_stacked_optimizer_equals_torch_per_member_and_round_trips_its_state(optimizer, members):
+    torch.manual_seed(0)
+    stacked = torch.randn(2, 5, 3)
+    split, flatten = (lambda flat: [flat.view(2, 5, 3)]), (lambda grads: [grads[0].reshape(2, 15)])
+    mine = optimizer(stacked.view(2, 15), split, flatten, members)
+    refs = [torch.nn.Parameter(stacked[k].clone()) for k in range(2)]
+    opts = [optimizer.torch_class([refs[k]], **members[k]) for k in range(2)]
+    for _ in range(20):
+        grad = torch.randn(2, 5, 3)
+        mine.step([grad])
+        for k in range(2):
+            refs[k].grad = grad[k].clone()
+            opts[k].step()
+    for k in range(2):
+        assert torch.allclose(stacked[k], refs[k].detach(), atol=1e-6, rtol=1e-5), k
+    exported = optimizer.torch_class([torch.nn.Parameter(torch.zeros(5, 3))], **members[1])
+    mine.export_member(1, exported)  # a member's state in torch's own format: its checkpoint resumes alone
+    for name, value in opts[1].state_dict()["state"].get(0, {}).items():
+        assert torch.allclose(exported.state_dict()["state"][0][name].float(), value.float(), atol=1e-5), name
+    back = optimizer(torch.zeros(2, 15), split, flatten, members)
+    back.restore_member(1, exported.state_dict())
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(back.state.values(), mine.state.values()))
+
+
+def test_a_stacked_optimizer_refuses_unknown_keys_and_says_why_a_key_keeps_a_job_alone():
+    from gantrain.errors import UserError
+
+    with pytest.raises(UserError, match="optim has no option 'momentum': torch.optim.Adam takes lr, betas"):
+        Adam.settings({"lr": 1e-3, "momentum": 0.9})
+    with pytest.raises(UserError, match="Invalid learning rate"):
+        Adam.settings({"lr": -1})
+    assert "optim.fused" in Adam.why_not_stacked({"fused": True}) and Adam.why_not_stacked({"foreach": None}) is None
+
+
+@pytest.mark.parametrize("make", [lambda: MLPDiscriminator((1, 4, 4), 8, pack=2),
+                                  lambda: MLPGenerator(3, 8, (2,), depth=3, heads=2)], ids=["mlp-d-packed", "mlp-g-heads"])
+def test_stacked_params_hold_members_in_the_layout_their_gradients_arrive_in(make):
+    """Members round-trip through the (K, N) tensor exactly, and every gradient of a stacked backward
+    flattens into it as a view: no copy before the optimizer, which reads all its tensors in one order."""
+    torch.manual_seed(0)
+    modules = [make() for _ in range(3)]
+    stack = StackedParams(modules)
+    assert any(stack.transposed) and not all(stack.transposed)  # Linear weights yes, biases (and heads) no
+    for k, module in enumerate(modules):
+        mine = stack.member(k)
+        assert all(torch.equal(mine[n], v) and mine[n].is_contiguous() for n, v in module.state_dict().items())
+    x = torch.randn(3, 4, *(1, 4, 4) if isinstance(modules[0], MLPDiscriminator) else (3,))
+    params = list(stack.params.values())
+    grads = torch.autograd.grad(vmapped(modules[0])[0](stack.params, stack.buffers, x).square().sum(), params)
+    for g, flat in zip(grads, stack.flatten(list(grads))):
+        assert flat.data_ptr() == g.data_ptr() and flat.is_contiguous()
+    with torch.no_grad():
+        stack.flat.mul_(2)  # the optimizer writes the flat tensor; the forward passes read the leaves
+    assert all(torch.equal(p[k], 2 * m.state_dict()[n]) for n, p in stack.params.items() for k, m in enumerate(modules))
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return write_mnist(tmp_path_factory.mktemp("stack_data"), n=120)
+
+
+def tiny(root, *overrides):
+    with initialize_config_module("gantrain.conf", version_base=None):
+        return compose("train", overrides=[f"device={DEVICE}", "epochs=2", "batch_size=20", "latent_size=8",
+                                           "hidden_size=32", "log_every=3", "eval.enabled=false", "trainer.threads=1",
+                                           "data=mnist", f"data.root={root}", *overrides])
+
+
+# each case: what both members share, and what the second one changes (member keys only)
+CASES = {
+    "bce-mlp-adam": ([], ["seed=1", "optim.lr=3e-4", "optim.betas=[0.5,0.99]", "+optim.eps=1e-6", "+optim.weight_decay=0.01",
+                          "log_every=2", "sample_every=2", "ckpt_every=2", "ema_decay=0.9", "eval.enabled=true",
+                          "eval.n=40", "eval_every=1", "eval.metric=kid"]),
+    "lsgan-dcgan-sgd": (["loss=lsgan", "model=dcgan", "optim=sgd", "optim.lr=0.002"],
+                        ["seed=1", "optim.momentum=0.5", "+optim.dampening=0.1", "optim.lr=0.001"]),
+    "hinge-dcgan-sn-rmsprop": (["loss=hinge", "model=dcgan", "model.spectral_norm=true", "optim=rmsprop"],
+                               ["optim.lr=1e-4", "optim.alpha=0.9", "+optim.momentum=0.0"]),
+    "wgan_gp-mlp-adam-n_critic5": (["loss=wgan_gp", "n_critic=5", "batch_size=10", "optim.betas=[0.0,0.9]"],
+                                   ["seed=2", "loss.gp_weight=5"]),
+    "bce-lazy_r1-adamw-ema": (["optim=adamw", "loss.r1_gamma=1.0", "loss.r1_every=2", "ema_decay=0.9"],
+                              ["seed=1", "loss.r1_gamma=3.0", "ema_decay=0.99", "optim.weight_decay=0.1"]),
+    "conditional-dcgan-adam": (["model=dcgan", "model.conditional=true"], ["seed=2", "optim.betas=[0.5,0.999]"]),
+    "conditional-mlp-pack-heads-skip": (["model.conditional=true", "model.pack=2", "model.heads=3", "on_nan=skip"],
+                                        ["seed=3", "optim.lr=1e-3"]),
+}
+
+
+def assert_same_run(stacked, alone, atol=1e-5):
+    """Weights (1e-5) and optimizer state of two checkpoints; the same metrics.csv steps; the same files."""
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (stacked, alone))
+    assert a["config"] == b["config"] and (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+    for net in ("G", "D", "G_ema"):
+        assert (a[net] is None) == (b[net] is None), net
+        for key in a[net] or ():
+            assert torch.allclose(a[net][key].float(), b[net][key].float(), atol=atol), (net, key)
+    for opt in ("opt_g", "opt_d"):
+        assert a[opt]["param_groups"] == b[opt]["param_groups"]
+        for j, state in b[opt]["state"].items():
+            assert all(torch.allclose(a[opt]["state"][j][n].float(), v.float(), atol=atol) for n, v in state.items())
+    rows = [list(csv.DictReader(open(d / "metrics.csv"))) for d in (stacked, alone)]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and rows[0]
+    assert all(abs(float(x["g_loss"]) - float(y["g_loss"])) < 1e-4 for x, y in zip(*rows))
+    # train.log: Hydra's job logging writes a lone run's (the CLI test compares them); event files carry a time
+    files = [sorted(str(p.relative_to(d).parent if "tfevents" in p.name else p.relative_to(d)) for p in d.rglob("*")
+                    if p.is_file() and p.name != "train.log") for d in (stacked, alone)]
+    assert files[0] == files[1]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_members_equal_their_lone_runs(tiny_root, tmp_path, case):
+    """Tolerance 1e-5 after 12 steps: the same maths as a lone run, with optimizers written over stacked
+    tensors instead of torch's fused kernels and batched products summing in their own order (seen: <1e-5)."""
+    common, second = CASES[case]
+    cfgs = [tiny(tiny_root, *common), tiny(tiny_root, *common, *second)]
+    assert len(plan(cfgs)) == 1 and plan(cfgs)[0][1] is None  # one stack
+    members = train_group([Job(copy.deepcopy(c), tmp_path / f"stack{k}", [], str(k)) for k, c in enumerate(cfgs)])
+    assert all(m.alive for m in members)
+    for k, cfg in enumerate(cfgs):
+        train(copy.deepcopy(cfg), tmp_path / f"alone{k}", [])
+        assert_same_run(tmp_path / f"stack{k}", tmp_path / f"alone{k}")
+        assert (tmp_path / f"stack{k}" / "train.log").read_text().count("Epoch[") == len(
+            list(csv.DictReader(open(tmp_path / f"stack{k}" / "metrics.csv"))))
+
+
+def leaf_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def another(value):
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, list):
+        return [*value[:-1], value[-1] / 2] if value else [1]
+    return f"{value}_other"
+
+
+def member_key(group_choice: dict, key: str) -> bool:
+    top = key.split(".")[0]
+    if top in MEMBER_KEYS:
+        return True
+    if top in ("optim", "loss"):
+        return key.split(".", 1)[1] in REGISTRIES[top][group_choice[top]].member_keys
+    return False
+
+
+GROUPS = {"model": ["mlp", "dcgan"], "loss": ["bce", "lsgan", "hinge", "wgan_gp"], "optim": ["adam", "adamw", "sgd", "rmsprop"],
+          "data": ["mnist_sample", "mnist", "fashion_mnist", "kmnist", "cifar10", "folder", "ring8", "grid25"],
+          "logger": ["csv", "tensorboard"]}
+
+
+def test_every_config_key_is_honoured_per_member_or_splits_the_stack():
+    """Walks every leaf of the composed config under every choice of each group, plus every argument of
+    each optimizer's torch class. Changing a key that is not a member key must split two jobs into two
+    stacks; a member key must be one that a test above varies between two members which then equal their
+    lone runs (an optimizer's: the stacked-optimizer cases; the rest: CASES, the CLI sweep, the resume test)."""
+    varied = {o.lstrip("+").split("=")[0] for _, second in CASES.values() for o in second}
+    varied |= {"logger.name", "resume"}  # the everything sweep varies the logger; resume=auto resumes a stack
+    for optimizer in (Adam, AdamW, SGD, RMSprop):
+        differ = {key for opt, members in OPTIMIZER_CASES.values() if opt is optimizer for key in members[1]
+                  if members[0].get(key) != members[1][key]}
+        assert set(optimizer.member_keys) <= differ, optimizer
+        varied |= {f"optim.{key}" for key in optimizer.member_keys}
+    for group, choices in GROUPS.items():
+        keys_of_choices = set()
+        for choice in choices:
+            with initialize_config_module("gantrain.conf", version_base=None):
+                cfg = compose("train", overrides=[f"{group}={choice}"])
+            keys_of_choices.add(stack_key(cfg))
+            plain = OmegaConf.to_container(cfg)
+            chosen = {g: plain[g]["name"] for g in ("optim", "loss")}
+            torch_args = {f"optim.{k}": v for k, v in REGISTRIES["optim"][chosen["optim"]].settings({}).items()}
+            for key, value in [*leaf_keys(plain), *torch_args.items()]:
+                if key.split(".")[0] in GROUPS and key.endswith(".name"):
+                    continue  # another choice of a group: compared below
+                if member_key(chosen, key):
+                    assert key in varied, f"{group}={choice}: member key {key} is varied by no test"
+                    continue
+                other = copy.deepcopy(cfg)
+                with open_dict(other):
+                    OmegaConf.update(other, key, another(value), force_add=True)
+                assert stack_key(cfg) != stack_key(other), f"{group}={choice}: {key} neither splits nor is per member"
+        assert len(keys_of_choices) == (1 if group in MEMBER_KEYS else len(choices)), group  # the logger is per member
+
+
+def test_a_member_key_that_switches_a_code_path_splits_the_stack(tiny_root):
+    r1 = [tiny(tiny_root, f"loss.r1_gamma={g}") for g in (0.0, 1.0, 2.0)]
+    assert stack_key(r1[0]) != stack_key(r1[1]) and stack_key(r1[1]) == stack_key(r1[2])  # R1 adds a pass of D
+    sgd = [tiny(tiny_root, "optim=sgd", f"optim.momentum={m}") for m in (0.0, 0.5, 0.9)]
+    assert stack_key(sgd[0]) != stack_key(sgd[1]) and stack_key(sgd[1]) == stack_key(sgd[2])  # torch keeps no buffer at 0
+    alone = plan([tiny(tiny_root, "trainer.precision=bf16"), tiny(tiny_root, "trainer.precision=bf16", "seed=1"),
+                  tiny(tiny_root, "+optim.fused=true", "seed=2")])
+    assert [reason.split(":")[0] for _, reason in alone] == ["trainer.precision=bf16"] * 2 + ["optim.fused says how torch runs its update; a stack runs its own (drop it to stack)"]
+    assert plan([tiny(tiny_root), tiny(tiny_root, "seed=1")], [(1, 6, 0), (1, 6, 3)]) != plan([tiny(tiny_root), tiny(tiny_root, "seed=1")])
+
+
+@pytest.fixture
+def cwd(tmp_path):
+    write_mnist(tmp_path / "data", n=200)
+    return tmp_path
+
+
+IMAGES = ["epochs=2", "data=mnist", "data.root=data", "batch_size=20", "hidden_size=32", "latent_size=8",
+          "log_every=5", "eval.n=50", f"device={DEVICE}"]
+
+
+def test_a_sweep_of_everything_stacks_and_each_member_writes_what_its_lone_run_writes(cwd):
+    """The issue's case through the real CLI: dcgan, wgan_gp with n_critic=5, tensorboard, one thread and two
+    log_every in one stack; every member's files (columns, events, eval) equal its lone run's."""
+    setup = ["model=dcgan", "loss=wgan_gp", "n_critic=5", "batch_size=10", "trainer.threads=1",
+             "epochs=2", "data=mnist", "data.root=data", "hidden_size=16", "latent_size=8", "eval.n=40",
+             f"device={DEVICE}", "optim.lr=1e-4"]
+    swept = ["log_every=1,2", "logger=csv,tensorboard"]
+    sweep = run_cli("sweep", *swept, *setup, "hydra.sweep.dir=vs", cwd=cwd)
+    assert sweep.returncode == 0, sweep.stderr
+    assert "jobs 0,1,2,3: one stack (K=4)" in sweep.stdout and "stack of 4 members" in sweep.stdout
+    alone = run_cli("train", "-m", *swept, *setup, "hydra.sweep.dir=plain", cwd=cwd)
+    assert alone.returncode == 0, alone.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for job in "0123":
+        assert_same_run(cwd / "vs" / job, cwd / "plain" / job)
+        logs = [[line.split("] ", 2)[-1] for line in (cwd / d / job / "train.log").read_text().splitlines()
+                 if "Epoch[" in line] for d in ("vs", "plain")]
+        assert len(logs[0]) == len(logs[1]) > 0 and [l[:22] for l in logs[0]] == [l[:22] for l in logs[1]]
+        if job in "13":  # logger=tensorboard
+            events = []
+            for d in ("vs", "plain"):
+                acc = EventAccumulator(str(cwd / d / job / "tensorboard"))
+                acc.Reload()
+                scalars = {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+                events.append((scalars, {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}))
+            assert events[0] == events[1] and {"train/g_loss", "eval/fd"} <= set(events[0][0]) and events[0][1]["samples"]
+        a, b = (json.loads((cwd / d / job / "metrics.json").read_text())["metrics"] for d in ("vs", "plain"))
+        assert a.keys() == b.keys() and abs(a["fd"]["value"] - b["fd"]["value"]) < 1e-2 * b["fd"]["value"]
+
+
+def test_a_diverging_member_stops_alone_and_the_report_reads_the_sweep(cwd):
+    result = run_cli("sweep", "optim.lr=2e-4,inf", *IMAGES, "hydra.sweep.dir=vn", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    states = [json.loads((cwd / "vn" / j / "status.json").read_text()) for j in "01"]
+    assert states[0]["state"] == "done" and states[1]["state"] == "failed"
+    assert "non-finite at step 1" in states[1]["reason"]
+    assert load_checkpoint(cwd / "vn" / "0" / "checkpoints" / "last.pt")["step"] == 20
+    report = run_cli("report", "vn", cwd=cwd, env={"COLUMNS": "250"})
+    assert report.returncode == 0 and "failed" in report.stdout and "done" in report.stdout
+    assert len(list(csv.DictReader(open(cwd / "vn" / "report.csv")))) == 2
+
+
+def test_a_failing_stack_marks_its_members_failed_and_the_sweep_goes_on(cwd):
+    setup = [a for a in IMAGES if not a.startswith("data.root")] + ["eval.enabled=false"]
+    result = run_cli("sweep", "data.root=missing,data", "seed=0,1", *setup, "hydra.sweep.dir=vf", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    states = [json.loads((cwd / "vf" / j / "status.json").read_text()) for j in "0123"]
+    assert [s["state"] for s in states] == ["failed", "failed", "done", "done"]
+    assert all("MNIST not found" in s["reason"] for s in states[:2])
+    assert "jobs 0,1 failed: MNIST not found" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    every_job = run_cli("sweep", "data.root=missing", "seed=0,1", *setup, "hydra.sweep.dir=va", cwd=cwd)
+    assert every_job.returncode == 1  # nothing trained: bad input, so the command fails
+    assert "sweep done: 0 done, 2 failed" in every_job.stdout + every_job.stderr
+
+
+def test_a_stack_stopped_by_sigterm_then_killed_resumes_exactly_with_resume_auto(cwd):
+    """SIGTERM mid-epoch: every member saves a mid-epoch checkpoint and says `interrupted`. The same command
+    with resume=auto continues them as one stack from that step; killed with -9 in its next epoch, it
+    is run again and finishes from the epoch checkpoints. Every member ends with its uninterrupted weights."""
+    write_mnist(cwd / "data2", n=1000)  # 100 steps per epoch
+    args = ["sweep", "seed=0,1", "resume=auto", "epochs=3", "data=mnist", "data.root=data2", "batch_size=10",
+            "hidden_size=64", "eval.enabled=false", f"device={DEVICE}", "log_every=10", "trainer.threads=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "gantrain", *args, "hydra.sweep.dir=first"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "[1] Epoch[1/3] Step[30/100]" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    stopped_at = []
+    for j in "01":
+        assert json.loads((cwd / "first" / j / "status.json").read_text())["state"] == "interrupted"
+        mid = load_checkpoint(cwd / "first" / j / "checkpoints" / "last.pt")
+        assert 30 <= mid["position"] < 100 and mid["step"] == mid["position"]
+        stopped_at.append(mid["step"])
+    proc = subprocess.Popen([sys.executable, "-m", "gantrain", *args, "hydra.sweep.dir=second"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "[1] Epoch[2/3] Step[50/100]" in line:
+            proc.kill()
+            break
+    proc.communicate(timeout=60)
+    assert any("steps into epoch 1" in line for line in lines) and "jobs 0,1: one stack (K=2)" in "".join(lines)
+    third = run_cli(*args, "hydra.sweep.dir=third", cwd=cwd)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "resumed from" in third.stdout and "at epoch 1, step 100" in third.stdout
+    straight = run_cli(*[a for a in args if a != "resume=auto"], "hydra.sweep.dir=straight", cwd=cwd)
+    assert straight.returncode == 0, straight.stderr
+    for j in "01":
+        a, b = (load_checkpoint(cwd / d / j / "checkpoints" / "last.pt") for d in ("third", "straight"))
+        assert a["step"] == b["step"] == 300
+        assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]), j
+        rows = list(csv.DictReader(open(cwd / "third" / j / "metrics.csv")))
+        # every 10 steps and where the signal stopped it, carried over from the earlier runs, none twice
+        assert [int(r["step"]) for r in rows] == sorted({*range(10, 301, 10), stopped_at[int(j)]})
+    again = run_cli(*args, "hydra.sweep.dir=fourth", cwd=cwd)  # everything finished: nothing re-runs
+    assert again.returncode == 0 and again.stdout.count("already finished") == 2
+
+
+def test_a_member_samples_evaluates_and_resumes_like_a_lone_run(cwd):
+    assert run_cli("sweep", "seed=0,1", *IMAGES, "eval.enabled=false", "hydra.sweep.dir=vr", cwd=cwd).returncode == 0
+    ckpt = cwd / "vr" / "1" / "checkpoints" / "last.pt"
+    assert run_cli("sample", f"ckpt={ckpt}", "n=4", "out=s", cwd=cwd).returncode == 0
+    resumed = run_cli("train", f"resume={ckpt}", "epochs=3", "hydra.run.dir=more", cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(cwd / "more" / "checkpoints" / "last.pt")["step"] == 30
+
+
+def test_a_large_sweep_composes_in_processes_exactly_as_one_by_one():
+    from hydra.errors import ConfigCompositionException
+
+    from gantrain.commands.sweep import compose_job, compose_jobs, expand
+
+    jobs = expand(["optim.lr=1e-4,2e-4", "seed=range(4)", "model=mlp,dcgan"])  # 16 jobs: two worker processes
+    together = compose_jobs(jobs)
+    assert [OmegaConf.to_container(c) for c in together] == [OmegaConf.to_container(compose_job(j)) for j in jobs]
+    assert OmegaConf.is_struct(together[0])  # a typo in a later override still fails
+    with pytest.raises(ConfigCompositionException, match="nokey"):
+        compose_jobs(expand(["seed=range(16)", "nokey=1"]))  # Hydra's own error comes back from the workers
+    assert sorted(len(m) for m, _ in plan(together)) == [8, 8]  # the models split; seeds and learning rates stack
+
