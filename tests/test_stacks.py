@@ -375,3 +375,34 @@ def test_a_large_sweep_composes_in_processes_exactly_as_one_by_one():
         compose_jobs(expand(["seed=range(16)", "nokey=1"]))  # Hydra's own error comes back from the workers
     assert sorted(len(m) for m, _ in plan(together)) == [8, 8]  # the models split; seeds and learning rates stack
 
+
+
+@pytest.mark.parametrize("k,overrides", [(1, []), (2, []), (2, ["on_nan=skip", "loss=wgan_gp", "n_critic=2", "optim=rmsprop"]),
+                                         (2, ["model=dcgan", "loss.r1_gamma=1", "ema_decay=0.9", "optim=sgd"])],
+                         ids=["lone", "stack", "stack-skip-wgan_gp-rmsprop", "stack-dcgan-r1-ema-sgd"])
+def test_a_step_asks_the_host_nothing_and_draws_no_random_numbers(tiny_root, monkeypatch, k, overrides):
+    """What a CUDA graph needs of the step it captures (the capture itself needs a GPU): no tensor is read
+    on the host, and no random number is drawn inside (the inputs carry them). A lone run with on_nan=skip
+    does read (and is never graphed); a stack skips on the device."""
+    from gantrain.components.data import load_data
+    from gantrain.engine.build import build_stack
+    from gantrain.engine.inputs import epoch_order, step_inputs
+
+    cfgs = [tiny(tiny_root, *overrides, f"seed={s}") for s in range(k)]
+    data = load_data("mnist", root=str(tiny_root))
+    nets, loss, step = build_stack(cfgs, data, 0, torch.device("cpu"))
+    gens = [torch.Generator().manual_seed(s) for s in range(k)]
+    orders = torch.stack([epoch_order(len(data), g) for g in gens])
+    shapes = dict(batch_size=cfgs[0].batch_size, latent_size=8, n_critic=cfgs[0].n_critic, num_classes=0, loss=loss)
+    step(step_inputs(data, orders, 0, gens, **shapes))  # the first step creates the optimizer state
+    inputs = step_inputs(data, orders, 1, gens, **shapes)
+    rng = torch.get_rng_state()
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("the step read a tensor on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    stats = step(inputs)
+    monkeypatch.undo()
+    assert stats.shape == (k, 4) and torch.equal(torch.get_rng_state(), rng)

@@ -37,7 +37,7 @@ def compose_job(overrides: list[str]):
 
 
 def compose_jobs(jobs: list[list[str]]) -> list:
-    """Every job's config. Hydra takes ~70-90 ms of Python a job, so a large sweep composes in worker
+    """Every job's config. Composing is pure Python and slow enough that a large sweep composes in worker
     processes (this module imports no torch: they start in under a second). A bad override fails there
     with Hydra's own error, as it would here."""
     return map_in_processes(compose_job, jobs, per_worker=8, what="composing")

@@ -58,7 +58,8 @@ class SpectralNorm:
 
     eps = 1e-12
 
-    def init_spectral_norm(self) -> None:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # the layer's own (Conv2d, Linear)
         matrix = self.weight.detach().flatten(1)  # (out, in * kernel)
         self.register_buffer("u", F.normalize(matrix.new_empty(matrix.shape[0]).normal_(), dim=0, eps=self.eps))
         self.register_buffer("v", F.normalize(matrix.new_empty(matrix.shape[1]).normal_(), dim=0, eps=self.eps))
@@ -80,18 +81,10 @@ class SpectralNorm:
 
 
 class SNConv2d(SpectralNorm, nn.Conv2d):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.init_spectral_norm()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.normalised_weight(), self.bias)
 
 
 class SNLinear(SpectralNorm, nn.Linear):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.init_spectral_norm()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalised_weight(), self.bias)

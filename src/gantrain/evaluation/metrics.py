@@ -93,7 +93,7 @@ def class_coverage(logits: torch.Tensor, num_classes: int, n_real: int) -> dict:
     their histogram to uniform.
 
     A class counts as found when it holds at least 10% of its uniform share of the samples, so that the
-    classifier's few mistakes (about 2% on held-out digits) do not count as classes.
+    classifier's few mistakes on real data do not count as classes.
     """
     counts = torch.bincount(logits.argmax(1), minlength=num_classes).cpu()
     threshold = max(1, math.ceil(0.1 * len(logits) / num_classes))

@@ -1,5 +1,5 @@
 """What a run leaves for people to look at: image grids and scatter plots, and metrics.csv (curves.py draws it).
-Saving a grid or a scatter touches no global state, so a batched sweep writes its members' files from threads."""
+Saving a grid or a scatter touches no global state, so the loop writes its members' files from threads."""
 from pathlib import Path
 
 import torch

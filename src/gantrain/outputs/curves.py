@@ -1,5 +1,5 @@
 """curves.png from metrics.csv, with matplotlib only: no torch here, so `gantrain report` and the worker
-processes that draw a batched sweep's curves start in a fraction of a second."""
+processes that draw a stack's curves start without importing torch."""
 from pathlib import Path
 
 from gantrain.processes import map_in_processes
@@ -47,7 +47,7 @@ def plot_curves(metrics_csv: Path, path: Path) -> None:
 
 
 def plot_curves_of(run_dirs: list[Path]) -> None:
-    """curves.png for many runs at once (a batched sweep's members), in worker processes where there are
-    cores to spare: a plot costs ~0.15 s of matplotlib, 64 of them ~10 s on one core."""
+    """curves.png for many runs at once (a stack's members), in worker processes where there are cores to
+    spare: matplotlib is slow enough that a large stack's plots would otherwise hold up its end."""
     map_in_processes(plot_curves, [d / "metrics.csv" for d in run_dirs], [d / "curves.png" for d in run_dirs],
                      per_worker=4, what="plotting")
