@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # What a session with a GPU runs, in one call (its numbers go to benchmarks/RESULTS.md):
 #   bash benchmarks/gpu_checks.sh [WORKDIR [RESULTDIR]]
-# 1. bench_sweep: 64 reference members, one by one vs. batched (eager and CUDA graph);
+# 1. bench_sweep: 64 reference members, one by one vs. as one stack (eager and CUDA graph);
 # 2. the 64-member reference sweep through `gantrain sweep`: 4 learning rates x 16 seeds, 200 epochs x 600
 #    steps (120,000 steps) per member, on 60,000 MNIST-format images -- if step 1 says it can end in time,
 #    else 2 epochs of it (every default: samples, checkpoints, eval), to check the pipeline;
-# 3. the tests that name a device, on the GPU (members = standalone runs, NaN member, seeding, resume);
+# 3. the tests that name a device, on the GPU (members = lone runs over losses x models x optimizers, resume);
 # 4. bench_train on the GPU.
 # Where gantrain is not installed (a bare GPU machine with torch), it runs from the checkout: src/ and any
 # pure-Python packages copied into .devsite/ go on PYTHONPATH (the GPU image has torch, torchmetrics, rich,
 # matplotlib; copy hydra, omegaconf, antlr4 and mlxtend from .venv's site-packages into an ignored .devsite/
 # and carry it). DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
 # Knobs: SET="trainer.precision=tf32" (overrides for the benchmark and the sweep), SWEEP_SET="eval.enabled=false"
-# (the sweep only), SKIP="bench_sweep tests bench_train", PROFILE=1 (the batched step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
+# (the sweep only), SKIP="bench_sweep tests bench_train", PROFILE=1 (the stacked step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
 set -u
 work=${1:-/tmp/gpu_checks}  # data and run dirs (large)
 results=${2:-$work/results}  # the report, a member's curves and samples
@@ -37,7 +37,7 @@ stage "bench_sweep"
 rate=${MIN_RATE:-400}  # skipped: the sweep runs in full (and meets torch.compile's caches cold, as a new machine does)
 skip bench_sweep || { python3 benchmarks/bench_sweep.py --device "$device" --members "$members" --steps "$steps" \
     --sequential-members 4 ${PROFILE:+--profile} --set ${SET:-} | tee "$work/bench_sweep.txt"
-    rate=$(grep -o '([0-9.]* batched' "$work/bench_sweep.txt" | tail -1 | tr -d '(' | cut -d' ' -f1); }
+    rate=$(grep -o '([0-9.]* stacked' "$work/bench_sweep.txt" | tail -1 | tr -d '(' | cut -d' ' -f1); }
 
 # 60,000 MNIST-format images tiled from the bundled 5,000: the reference workload's size (600 steps an epoch)
 data="$work/mnist60k"
@@ -66,7 +66,7 @@ cp "$(ls "$work"/sweep/0/samples/*.png | tail -1)" "$results/member0_last_sample
 
 stage "tests on $device"
 skip tests || timeout "${TEST_LIMIT:-300}" env GANTRAIN_TEST_DEVICE=$device python3 -m pytest -q -p no:cacheprovider \
-    -n "${TEST_WORKERS:-8}" ${TESTS:-tests/test_vectorized.py tests/test_train.py} 2>&1 | tail -25
+    -n "${TEST_WORKERS:-8}" ${TESTS:-tests/test_stacks.py tests/test_train.py} 2>&1 | tail -25
 
 stage "bench_train"
 skip bench_train || python3 benchmarks/bench_train.py --device "$device" --steps "$steps" --rounds 3

@@ -43,6 +43,12 @@ def make_checkpoint(kind: str, folder, good):
         torch.save({"format": "gantrain-checkpoint", "version": 1, "G": Evil(folder / "PWNED")}, path)
     elif kind == "malicious_pickle":
         path.write_bytes(pickle.dumps(Evil(folder / "PWNED"), protocol=2))
+    elif kind in ("incomplete_config", "unknown_model"):  # a config this gantrain cannot rebuild the run from
+        if kind == "incomplete_config":
+            del ckpt["config"]["model"]
+        else:
+            ckpt["config"]["model"]["name"] = "nosuch"
+        save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
     elif kind == "mismatched_weights":  # its config says hidden_size=64, its weights are 32 wide
         ckpt["config"]["hidden_size"] = 64
         save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
@@ -55,6 +61,8 @@ CHECKPOINTS = {
     "foreign": "not a gantrain checkpoint", "future": "format version 99",
     "malicious": "gantrain never unpickles", "malicious_pickle": "gantrain never unpickles",
     "mismatched_weights": "does not match the networks it names",
+    "incomplete_config": "the checkpoint's stored config is incomplete (it has no model.name)",
+    "unknown_model": "the checkpoint's stored config names model 'nosuch', which this gantrain does not know",
 }
 
 
@@ -69,7 +77,7 @@ def assert_one_clear_failure(result, expected: str, before: dict, folder):
     lines = result.stderr.strip().splitlines()
     assert 1 <= len(lines) <= 3, result.stderr
     assert any(word in result.stderr for word in ("e.g.", "use ", "pass ", "set ", "raise", "drop", "valid",
-                                                  "replace", "upgrade", "only load", "lists", "choose")), result.stderr
+                                                  "replace", "upgrade", "only load", "lists", "choose", "delete")), result.stderr
     for path, digest in before.items():  # nothing already on disk is lost or changed
         assert path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
     assert not list(folder.rglob("PWNED"))  # and no pickle ever ran

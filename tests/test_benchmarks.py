@@ -22,6 +22,9 @@ def test_bench_sweep_prints_both_paths_and_the_ratio():
     assert "sequential :" in out and "stacked :" in out and "ratio" in out
 
 
-def test_modes_benchmark_runs_a_preset(tmp_path):
-    out = run("modes.py", "--presets", "ring8", "--seeds", "1", "--set", "epochs=1", "data.n=512", "hidden_size=16")
-    assert "ring8 seed 0: modes" in out and "PacGAN2" in out
+def test_modes_benchmark_runs_a_preset_alone_and_as_a_stack(tmp_path):
+    tiny = ["--presets", "ring8", "--seeds", "2", "--set", "epochs=1", "data.n=512", "hidden_size=16"]
+    alone, stacked = run("modes.py", *tiny), run("modes.py", *tiny, "--stack")
+    assert "ring8 seed 1: modes" in alone and "PacGAN2" in alone and "one run at a time" in alone
+    rows = lambda out: [line for line in out.splitlines() if line.startswith("ring8 seed")]
+    assert rows(stacked) == rows(alone) and "as one stack" in stacked  # the same modes, HQ and KL to 3 decimals

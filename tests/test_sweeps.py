@@ -41,14 +41,23 @@ def test_2x2_sweep_and_its_report(sweep_cwd, launcher):
     for job in "0123":
         assert (sweep / job / "checkpoints" / "last.pt").is_file() and (sweep / job / "metrics.json").is_file()
 
-    report = run_cli("report", str(sweep), cwd=sweep_cwd, env={"COLUMNS": "200"})
+    report = run_cli("report", str(sweep), cwd=sweep_cwd)  # piped, as in a CI log: whole headers and values
     assert report.returncode == 0, report.stderr
-    assert "sorted by fd" in report.stdout and "mean ± std over seeds" in report.stdout
+    assert "sorted by fd" in report.stdout and "mean ± std over seeds" in report.stdout and "…" not in report.stdout
     rows = list(csv.DictReader(open(sweep / "report.csv")))
     assert len(rows) == 4 and {r["optim.lr"] for r in rows} == {"0.0001", "0.0002"}
+    for column in ("optim.lr", "seed", "status", "steps", "d_loss", "g_loss", "fd", "kid", "precision", "recall"):
+        assert column in report.stdout
+    assert all(f"{float(r['fd']):.4g}" in report.stdout for r in rows)
     fds = [float(r["fd"]) for r in rows]
     assert fds == sorted(fds) and all(r["status"] == "done" and r["steps"] == "5" for r in rows)
     assert Image.open(sweep / "report.png").size[0] > 500
+    as_json = json.loads(run_cli("report", str(sweep), "--format", "json", cwd=sweep_cwd).stdout)
+    assert [j["fd"] for j in as_json["jobs"]] == fds and len(as_json["over_seeds"]) == 2
+    as_csv = run_cli("report", str(sweep), "--format", "csv", cwd=sweep_cwd).stdout
+    assert list(csv.DictReader(as_csv.splitlines())) == rows
+    markdown = run_cli("report", str(sweep), "--format", "markdown", cwd=sweep_cwd).stdout
+    assert markdown.count("\n| ") >= 4 + 2 and "| optim.lr |" in markdown
 
 
 def test_joblib_jobs_share_the_cores():
@@ -82,10 +91,11 @@ def test_a_failing_job_does_not_stop_the_others(sweep_cwd):
 
 
 def test_an_interrupted_sweep_resumes_with_resume_auto(sweep_cwd):
-    """Job 0 finishes, job 1 is stopped by SIGTERM mid-epoch (as Slurm pre-empts); the same command with
-    resume=auto skips job 0 and continues job 1 from its checkpoint to the uninterrupted weights."""
+    """Hydra's basic launcher (one job at a time): job 0 finishes, job 1 is stopped by SIGTERM mid-epoch (as
+    Slurm pre-empts); the same command with resume=auto skips job 0 and continues job 1 from its checkpoint
+    to the uninterrupted weights. (A stack stopped the same way: test_stacks.py.)"""
     write_mnist(sweep_cwd / "data", n=2000)
-    args = ["train", "-m", "seed=0,1", "resume=auto", "epochs=2", "data=mnist", "data.root=data", "batch_size=10",
+    args = ["train", "-m", "hydra/launcher=basic", "seed=0,1", "resume=auto", "epochs=2", "data=mnist", "data.root=data", "batch_size=10",
             "hidden_size=128", "log_every=20", "eval.enabled=false", "device=cpu"]
     proc = subprocess.Popen([sys.executable, "-m", "gantrain", *args], cwd=sweep_cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -107,7 +117,7 @@ def test_an_interrupted_sweep_resumes_with_resume_auto(sweep_cwd):
     # job 0 was not re-run: its checkpoint is the same file
     assert (second / "0/checkpoints/last.pt").stat().st_ino == (first / "0/checkpoints/last.pt").stat().st_ino
     # job 1 ends where an uninterrupted run ends
-    straight = run_cli("train", *args[2:-8][:0], "seed=1", *args[4:], "hydra.run.dir=straight", cwd=sweep_cwd)
+    straight = run_cli("train", "seed=1", *args[5:], "hydra.run.dir=straight", cwd=sweep_cwd)  # no -m, no resume
     assert straight.returncode == 0, straight.stderr
     a, b = load_checkpoint(second / "1/checkpoints/last.pt"), load_checkpoint(sweep_cwd / "straight/checkpoints/last.pt")
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])

@@ -188,3 +188,12 @@ def test_fast_path_matches_plain_path_within_float_rounding(cfg, tmp_path):
     train(cfg, tmp_path / "longer", [])
     longer = load_checkpoint(tmp_path / "longer/checkpoints/last.pt")
     assert (longer["G"]["net.4.weight"] - plain["G"]["net.4.weight"]).abs().max() > 1e-4
+
+
+def test_a_run_shorter_than_log_every_still_logs_its_last_step(cfg, tmp_path, caplog):
+    cfg.epochs, cfg.log_every = 1, 1000  # 6 steps
+    with caplog.at_level("INFO", logger="gantrain"):
+        train(cfg, tmp_path, [])
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[1:] and rows[1].startswith("1,6,6,") and len(rows) == 2  # the last step: one row
+    assert "Epoch[1/1] Step[6/6]" in caplog.text and (tmp_path / "curves.png").is_file()

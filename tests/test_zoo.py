@@ -267,7 +267,7 @@ def test_conditional_sampling_gives_the_requested_class(cfg, tmp_path, two_blobs
     cfg.epochs, cfg.batch_size, cfg.hidden_size, cfg.latent_size, cfg.optim.lr = 25, 50, 32, 4, 1e-3  # 1,000 steps
     train(cfg, tmp_path, [])
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    G, latent = generator_from_checkpoint(ckpt, "auto", torch.device("cpu"))
+    G, latent = generator_from_checkpoint(ckpt, "last.pt", "auto", torch.device("cpu"))
     with torch.no_grad():
         for label, side in ((0, -1), (1, 1)):
             x = G(torch.randn(500, latent), torch.full((500,), label))

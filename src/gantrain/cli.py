@@ -6,13 +6,18 @@ completion all work as in any Hydra program. Bad input is reported as one line, 
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from gantrain.errors import error_line, show_tracebacks
+from gantrain.errors import UserError, error_line, show_tracebacks
+from gantrain.outputs.rundirs import Refused, new_dir
+from hydra_plugins.gantrain_launcher.stacked_launcher import register as register_launcher
+
+OmegaConf.register_new_resolver("gantrain.new_dir", new_dir, use_cache=True)  # conf/*.yaml: hydra.run.dir
 
 CONF = "pkg://gantrain.conf"
 COMMANDS = {
@@ -20,7 +25,7 @@ COMMANDS = {
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
-    "sweep": "a sweep (Hydra override syntax) whose jobs train together as stacks of members",
+    "sweep": "the same as train -m: a sweep whose jobs train together as stacks of members",
     "list": "list every model, loss, optimizer, data set and experiment preset",
 }
 USAGE = "usage: gantrain COMMAND [key=value ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
@@ -92,27 +97,17 @@ def strip_command_from_comp_line() -> str | None:
     return words[1]
 
 
-def setup_console_logging() -> None:
-    """Bare log lines on stdout, as the Hydra commands print them (each run dir also gets its train.log)."""
-    import logging
-
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-
-
 def plain_command(cmd: str, argv: list[str]) -> int:
     """Commands without a Hydra config (argparse or no options); a UserError is one line, exit 1."""
     if cmd == "list":
         from gantrain.commands.listing import list_command as run
-    elif cmd == "sweep":
-        from gantrain.commands.sweep import sweep_command as run
-
-        setup_console_logging()
     else:
         from gantrain.commands.report import report_command as run
     try:
         return run(argv)
+    except BrokenPipeError:  # the reader went away (gantrain report ... | head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail too
+        return 0
     except Exception as e:
         if not print_error(cmd, e):
             raise
@@ -133,18 +128,43 @@ def main(argv: list[str] | None = None) -> int:
     elif argv[0] not in COMMANDS:
         print(f"gantrain: unknown command '{argv[0]}'\n{USAGE}", file=sys.stderr)
         return 2
-    elif argv[0] in ("list", "report", "sweep"):  # these compose configs themselves, or need none
+    elif argv[0] in ("list", "report"):  # no Hydra config
         return plain_command(argv[0], argv[1:])
+    elif argv[0] == "sweep":  # an alias: the default launcher of train -m trains jobs as stacks
+        cmd, rest = "train", ["-m", *argv[1:]]
     else:
         cmd, rest = argv[0], argv[1:]
 
-    # Hydra prints its own multi-line reports unless HYDRA_FULL_ERROR is set; we set it so errors reach us,
-    # and show a traceback only when the user asked for one.
-    os.environ["GANTRAIN_TRACEBACKS"] = "1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0"
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # Hydra prints its own multi-line reports unless HYDRA_FULL_ERROR is set; we set it (for this command
+    # only) so errors reach us, and show a traceback only when the user asked for one.
+    with environment(GANTRAIN_TRACEBACKS="1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0",
+                     HYDRA_FULL_ERROR="1"):
+        return run_app(cmd, rest)
+
+
+@contextmanager
+def environment(**values: str):
+    """os.environ with `values` set, as it was afterwards."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_app(cmd: str, rest: list[str]) -> int:
     sys.argv = [f"gantrain {cmd}", *rest]
+    register_launcher()  # hydra/launcher=stacked, whatever the install (stacked_launcher.py)
     try:
         APPS[cmd]()
+    except Refused as e:  # the run dir holds another run (outputs/rundirs.py): nothing was written
+        print_error(cmd, UserError(str(e)))
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C during training: the user wants out now
         print(f"gantrain {cmd}: interrupted", file=sys.stderr)
         return 130

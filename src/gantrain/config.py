@@ -1,4 +1,5 @@
 """Config checks and helpers shared by the commands: types, devices, user paths, resume merging."""
+import inspect
 import re
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gantrain.components.data import MIXTURES
+from gantrain.components.registry import REGISTRIES, lookup
 from gantrain.errors import UserError
 
 POSITIVE_INTS = ("epochs", "batch_size", "latent_size", "hidden_size", "log_every", "n_critic")
@@ -56,6 +58,20 @@ def check_train_config(cfg: DictConfig) -> None:
                         f"e.g. loss.r1_every=4")
     if not is_int(cfg.trainer.threads) or cfg.trainer.threads < 0:
         raise UserError(f"trainer.threads must be an integer >= 0 (0 = torch's default), got {cfg.trainer.threads!r}")
+    check_component_keys(cfg)
+
+
+def check_component_keys(cfg: DictConfig) -> None:
+    """Each group's keys against what its registry entry takes, before any data is loaded: an unknown key is
+    refused here (the optimizer's values by torch itself), not dropped and not found minutes later."""
+    lookup("optim", cfg.optim.name).settings(kwargs_of(cfg.optim))
+    for group, skip in (("model", ("conditional", "seed_heads")), ("loss", ())):  # decided by the caller (build.py)
+        entry, kwargs = lookup(group, cfg[group].name), kwargs_of(cfg[group])
+        try:
+            inspect.signature(entry).bind_partial(**{k: v for k, v in kwargs.items() if k not in skip})
+        except TypeError as e:
+            raise UserError(f"{group} '{cfg[group].name}' got a bad option ({e}); see conf/{group}/{cfg[group].name}.yaml "
+                            f"for its keys") from None
 
 
 EXAMPLES = {"epochs": 200, "batch_size": 100, "latent_size": 64, "hidden_size": 256,
@@ -104,9 +120,46 @@ def override_keys(overrides: list[str]) -> list[str]:
     return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
 
 
-def config_for_resume(ckpt: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The checkpoint's config, plus the overrides a resumed run may change; any other change is refused."""
-    saved = OmegaConf.create(ckpt["config"])
+STORED_KEYS = ("model.name", "loss.name", "optim.name", "data.name", "latent_size", "hidden_size", "epochs", "seed")
+
+
+def stored_config(ckpt: dict, path) -> DictConfig:
+    """The config a checkpoint was trained with, checked for what rebuilding its run needs: a key it lacks or
+    a component this gantrain does not know is a bad or foreign file, never a bad override."""
+    try:
+        cfg = OmegaConf.create(ckpt["config"])
+        missing = [key for key in STORED_KEYS if OmegaConf.select(cfg, key) is None]
+    except Exception:  # not a mapping at all: OmegaConf fails in many ways
+        cfg, missing = None, ["any config"]
+    if missing:
+        raise UserError(f"{path}: the checkpoint's stored config is incomplete (it has no {', '.join(missing)}): "
+                        f"the file is damaged or was not written by gantrain train; use another checkpoint")
+    for kind in ("model", "loss", "optim", "data"):
+        if cfg[kind].name not in REGISTRIES[kind]:
+            raise UserError(f"{path}: the checkpoint's stored config names {kind} '{cfg[kind].name}', which this "
+                            f"gantrain does not know (it knows {', '.join(sorted(REGISTRIES[kind]))}); use a checkpoint "
+                            f"written by this gantrain, or the gantrain that wrote it")
+    return cfg
+
+
+def with_defaults(stored: DictConfig, current: DictConfig) -> DictConfig:
+    """`stored` with the keys it lacks taken from `current`: top-level keys, and the keys of a group whose
+    choice is the same in both (another choice's keys would not fit)."""
+    out = OmegaConf.to_container(stored)
+    for key, value in OmegaConf.to_container(current, resolve=True).items():
+        if key == "hydra":
+            continue
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict) and value.get("name") == out[key].get("name"):
+            out[key] = {**value, **out[key]}
+    return OmegaConf.create(out)
+
+
+def config_for_resume(ckpt: dict, cfg: DictConfig, overrides: list[str], path) -> DictConfig:
+    """The checkpoint's config, plus the overrides a resumed run may change; any other change is refused.
+    Keys the checkpoint predates (added to gantrain since) take today's defaults, which keep old behaviour."""
+    saved = with_defaults(stored_config(ckpt, path), cfg)
     for key in override_keys(overrides):
         new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
         if isinstance(new, DictConfig) and isinstance(old, DictConfig):  # a group (data=mnist): compare the choice

@@ -1,4 +1,5 @@
-"""Many small independent pieces of pure-Python work (composing configs, drawing plots) in worker processes.
+"""Work in worker processes: many small independent pieces of pure-Python work (composing configs, drawing
+plots) in a pool, and the logging a worker sets up for itself.
 
 Spawned, not forked (a parent holding CUDA or threads must not fork); the workers import only the module of
 the function they run, so that module must not import torch if they are to start in under a second.
@@ -6,6 +7,7 @@ the function they run, so that module must not import torch if they are to start
 import logging
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -25,3 +27,10 @@ def map_in_processes(fn, *iterables, per_worker: int, what: str) -> list:
         except (BrokenProcessPool, OSError) as e:
             log.warning(f"{what} in {workers} processes failed ({type(e).__name__}: {e}); {what} one by one")
     return [fn(*args) for args in items]
+
+
+def console_logging() -> None:
+    """Bare log lines on stdout, as the commands print them (a command's or a worker process's own)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

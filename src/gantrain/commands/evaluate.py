@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gantrain.components.data import load_data
-from gantrain.config import is_int, kwargs_of, pick_device, user_path
+from gantrain.config import is_int, kwargs_of, pick_device, stored_config, user_path
 from gantrain.engine.build import generator_from_checkpoint
 from gantrain.errors import UserError
 from gantrain.evaluation.evaluate import evaluate_stack, headline, write_metrics
@@ -37,8 +37,8 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
         raise UserError(f"n must be an integer >= 2, got {cfg.n!r}; e.g. n=10000")
     ckpt = load_checkpoint(user_path(cfg.ckpt))
     device = pick_device(cfg.device)
-    G, latent_size = generator_from_checkpoint(ckpt, cfg.ema, device)
-    saved = OmegaConf.create(ckpt["config"])
+    G, latent_size = generator_from_checkpoint(ckpt, user_path(cfg.ckpt), cfg.ema, device)
+    saved = stored_config(ckpt, user_path(cfg.ckpt))
     data = load_data(saved.data.name, **kwargs_of(saved.data, paths=("root",))).to(device)
     sample = lambda z, y, members: G(z[0], None if y is None else y[0]).unsqueeze(0)  # one generator: K = 1
     with torch.no_grad():

@@ -1,8 +1,10 @@
 """gantrain report PATH: one row per job of a run or sweep dir, sorted by a metric; report.csv and report.png."""
 import argparse
 import csv
+import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +37,6 @@ def find_jobs(path: Path) -> list[Job]:
             columns = read_metrics(d / "metrics.csv")
             job.last = {k: v[-1] for k, v in columns.items() if v}
         if (d / "metrics.json").exists():
-            import json
-
             saved = json.loads((d / "metrics.json").read_text())["metrics"]
             job.metrics = {k: (math.inf if e["value"] is None else e["value"]) for k, e in saved.items()}
         jobs.append(job)
@@ -124,13 +124,45 @@ def _num(value: str):
         return None
 
 
+def summary_rows(jobs: list[Job], swept: list[str], metric_names: list[str]) -> list[dict]:
+    """mean ± std over seeds of every group of jobs that differ only in their seed (none if seed is not swept)."""
+    others = [k for k in swept if k != "seed"]
+    return [{**dict(zip(others, key)), "seeds": str(len(members)),
+             "final g_loss": mean_std([m.last.get("g_loss") for m in members]),
+             **{n: mean_std([m.metrics.get(n) for m in members]) for n in metric_names}}
+            for key, members in seed_groups(jobs, swept).items()]
+
+
+def as_table(rows_: list[dict], title: str, terminal: bool):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in rows_[0]:
+        table.add_column(column, no_wrap=not terminal)  # piped: every value whole, however wide the table gets
+    for row in rows_:
+        table.add_row(*(fmt(v) for v in row.values()))
+    return table
+
+
+def as_markdown(rows_: list[dict]) -> str:
+    lines = ["| " + " | ".join(rows_[0]) + " |", "|" + "---|" * len(rows_[0])]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row.values()) + " |" for row in rows_])
+
+
+def write_csv(rows_: list[dict], f) -> None:
+    writer = csv.DictWriter(f, fieldnames=list(rows_[0]))
+    writer.writeheader()
+    writer.writerows(rows_)
+
+
 def report_command(argv: list[str]) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     parser = argparse.ArgumentParser(prog="gantrain report", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="a run dir or a multirun (sweep) dir")
     parser.add_argument("--metric", default=None, help="sort by this eval metric (default: fd, else modes)")
+    parser.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table",
+                        help="table (whole values when piped), or csv / markdown / json on stdout for scripts")
     args = parser.parse_args(argv)
     path = Path(args.path).expanduser()
     jobs = find_jobs(path) if path.is_dir() else []
@@ -144,28 +176,22 @@ def report_command(argv: list[str]) -> int:
     if metric:
         jobs.sort(key=sort_key(metric))
     swept = swept_keys(jobs)
-    table_rows = rows(jobs, swept, metric_names)
-    table = Table(title=f"{path}: {len(jobs)} job(s)" + (f", sorted by {metric}" if metric else ""))
-    for column in table_rows[0]:
-        table.add_column(column)
-    for row in table_rows:
-        table.add_row(*(fmt(v) for v in row.values()))
-    console = Console()
-    console.print(table)
-    groups = seed_groups(jobs, swept)
-    if groups:
-        others = [k for k in swept if k != "seed"]
-        summary = Table(title="mean ± std over seeds")
-        for column in (*others, "seeds", *(["final g_loss"]), *metric_names):
-            summary.add_column(column)
-        for key, members in groups.items():
-            summary.add_row(*key, str(len(members)), mean_std([m.last.get("g_loss") for m in members]),
-                            *(mean_std([m.metrics.get(n) for m in members]) for n in metric_names))
-        console.print(summary)
+    table_rows, summary = rows(jobs, swept, metric_names), summary_rows(jobs, swept, metric_names)
+    title = f"{path}: {len(jobs)} job(s)" + (f", sorted by {metric}" if metric else "")
+    terminal = sys.stdout.isatty()
+    if args.format == "table":  # off a terminal rich would cut every column to fit 80: let the table be wide
+        console = Console() if terminal else Console(width=100_000)
+        console.print(as_table(table_rows, title, terminal))
+        if summary:
+            console.print(as_table(summary, "mean ± std over seeds", terminal))
+    elif args.format == "markdown":
+        print(f"**{title}**\n\n{as_markdown(table_rows)}" + (f"\n\n**mean ± std over seeds**\n\n{as_markdown(summary)}" if summary else ""))
+    elif args.format == "csv":
+        write_csv(table_rows, sys.stdout)
+    else:
+        print(json.dumps({"path": str(path), "sorted_by": metric, "jobs": table_rows, "over_seeds": summary}, indent=2))
     with open(path / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table_rows[0]))
-        writer.writeheader()
-        writer.writerows(table_rows)
+        write_csv(table_rows, f)
     plot(jobs, swept, metric, path / "report.png")
-    console.print(f"wrote {path / 'report.csv'} and {path / 'report.png'}")
+    print(f"wrote {path / 'report.csv'} and {path / 'report.png'}", file=sys.stdout if args.format == "table" else sys.stderr)
     return 0

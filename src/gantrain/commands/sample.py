@@ -66,7 +66,7 @@ def sample(cfg: DictConfig, run_dir: Path) -> None:
     check_sample_config(cfg)
     ckpt = load_checkpoint(user_path(cfg.ckpt))
     device = pick_device(cfg.device)
-    G, latent_size = generator_from_checkpoint(ckpt, cfg.ema, device)
+    G, latent_size = generator_from_checkpoint(ckpt, user_path(cfg.ckpt), cfg.ema, device)
     out = user_path(cfg.out) if cfg.out else run_dir
     files = planned_files(cfg, out)
     existing = [f for f in files if f.exists()]

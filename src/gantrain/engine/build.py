@@ -2,11 +2,10 @@
 the optimizers and the step. One member gets plain modules (plain.py), several get stacked parameters
 (stacked.py); both run the same step (step.py)."""
 import torch
-from omegaconf import OmegaConf
 
 from gantrain.components.data import TensorData
 from gantrain.components.registry import lookup
-from gantrain.config import kwargs_of
+from gantrain.config import kwargs_of, stored_config
 from gantrain.engine.cuda_graph import graphed
 from gantrain.engine.plain import PlainMembers
 from gantrain.engine.stacked import StackedMembers
@@ -97,9 +96,9 @@ def build_stack(configs: list, data: TensorData, num_classes: int, device: torch
     return members, loss, graphed(step) if graph else step
 
 
-def generator_from_checkpoint(ckpt: dict, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:
+def generator_from_checkpoint(ckpt: dict, path, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:
     """G rebuilt from a checkpoint's own config, with its (EMA) weights, in eval mode; also the latent size."""
-    saved = OmegaConf.create(ckpt["config"])
+    saved = stored_config(ckpt, path)
     G, _ = build_networks(saved, tuple(ckpt["data_shape"]), ckpt.get("num_classes", 0))
     has_ema = ckpt.get("G_ema") is not None
     if use_ema is True and not has_ema:

@@ -11,10 +11,10 @@ from omegaconf import DictConfig
 from gantrain.components.data import TensorData, load_data
 from gantrain.config import check_train_config, config_for_resume, kwargs_of, pick_device, user_path
 from gantrain.engine.build import build_networks, build_stack, classes_of, set_matmul_precision
-from gantrain.engine.loop import fit
+from gantrain.engine.loop import STOP_SIGNALS, fit
 from gantrain.engine.member import Member, Where
 from gantrain.engine.plan import free_bytes, member_bytes, plan
-from gantrain.engine.resume import auto_resume
+from gantrain.engine.resume import auto_resume, carry_metrics
 from gantrain.errors import UserError
 from gantrain.evaluation.evaluate import evaluable
 from gantrain.outputs.checkpoint import load_checkpoint
@@ -32,6 +32,7 @@ class Job:
     run_dir: Path
     overrides: list[str] = field(default_factory=list)
     name: str = ""
+    own_log: bool = False  # write train.log itself, lines on the console prefixed by its name (a sweep's job)
     ckpt: dict | None = None
 
     @property
@@ -43,18 +44,52 @@ def prepare(job: Job, multirun: bool) -> bool:
     """Resolve resume (auto or a path) and check the config; False when an earlier run of the job finished
     (resume=auto adopted its results and marked it done)."""
     if (job.run_dir / "checkpoints" / "last.pt").exists():
-        raise UserError(f"{job.run_dir} already holds a run's checkpoint; wait a second (run dirs are named by the "
-                        f"time) or choose another hydra.run.dir")
+        raise UserError(f"{job.run_dir} already holds a run's checkpoint; choose another run dir (hydra.run.dir)")
     if job.cfg.resume == "auto":
         done, score = auto_resume(job.cfg, job.run_dir, job.overrides, multirun)
         if done:
             write_status(job.run_dir, "done", **({} if score is None else {"metric": score}))
             return False
     if job.cfg.resume:
-        job.ckpt = load_checkpoint(user_path(job.cfg.resume))
-        job.cfg = config_for_resume(job.ckpt, job.cfg, job.overrides)
+        resume_from(job, user_path(job.cfg.resume))
     check_train_config(job.cfg)
     return True
+
+
+def resume_from(job: Job, path: Path) -> None:
+    job.ckpt = load_checkpoint(path)
+    job.cfg = config_for_resume(job.ckpt, job.cfg, job.overrides, path)
+    job.cfg.resume = str(path)  # what it continues from (the checkpoint's own config says where *it* started)
+
+
+def continue_in_place(job: Job) -> bool:
+    """A job run again in its own dir (a requeued Slurm stack): False if it had ended; else it continues from
+    its own last checkpoint, if it has one, and its metrics.csv keeps the rows up to that checkpoint."""
+    if read_status(job.run_dir).get("state") in ("done", "failed"):
+        return False
+    last = job.run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        job.cfg.resume = str(last)
+        resume_from(job, last)
+        carry_metrics(job.run_dir, job.run_dir, job.ckpt["step"])
+    check_train_config(job.cfg)
+    return True
+
+
+def plan_stacks(jobs: list[Job], multirun: bool = True, in_place: bool = False) -> list[list[Job]]:
+    """A sweep's jobs prepared one by one (a bad one fails alone, with its status) and grouped into stacks
+    (plan.py); the plan goes to the log. in_place: the jobs continue in their own dirs (continue_in_place)."""
+    ready = []
+    for job in jobs:
+        with job_status([job.run_dir], keep_going=True, what=f"job {job.name}"):
+            if continue_in_place(job) if in_place else prepare(job, multirun):
+                ready.append(job)
+    stacks = []
+    for members, reason in plan([j.cfg for j in ready], [j.resumed_at for j in ready]):
+        names = ",".join(ready[i].name for i in members)
+        log.info(f"  jobs {names}: " + (f"one at a time ({reason})" if reason else f"one stack (K={len(members)})"))
+        stacks += [[ready[i]] for i in members] if reason else [[ready[i] for i in members]]
+    return stacks
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool = False) -> float | None:
@@ -70,27 +105,22 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool =
 
 
 def train_jobs(jobs: list[Job], multirun: bool = True) -> None:
-    """A sweep's jobs: prepared one by one (a bad one fails alone), then grouped into stacks; an error in
-    one stack marks its members failed and the others go on. Each job's status.json says how it ended."""
-    ready = []
-    for job in jobs:
-        with job_status([job.run_dir], keep_going=True, what=f"job {job.name}"):
-            if prepare(job, multirun):
-                ready.append(job)
-    groups = plan([j.cfg for j in ready], [j.resumed_at for j in ready])
-    for members, reason in groups:
-        names = ",".join(ready[i].name for i in members)
-        log.info(f"  jobs {names}: " + (f"one at a time ({reason})" if reason else f"one stack (K={len(members)})"))
-    for members, reason in groups:
-        for batch in ([[i] for i in members] if reason else [members]):
-            group = [ready[i] for i in batch]
-            with job_status([j.run_dir for j in group], keep_going=True, what=f"jobs {','.join(j.name for j in group)}"):
-                train_group(group)
+    """A sweep's jobs, planned into stacks and trained here, one stack after another; an error in one stack
+    marks its members failed and the others go on. Each job's status.json says how it ended."""
+    for stack in plan_stacks(jobs, multirun):
+        train_with_status(stack)
 
 
-def train_group(jobs: list[Job]) -> list[Member]:
+def train_with_status(stack: list[Job], stop_signals: tuple = STOP_SIGNALS) -> None:
+    """One stack, its members' status.json kept (an error marks them failed, and is logged)."""
+    with job_status([j.run_dir for j in stack], keep_going=True, what=f"jobs {','.join(j.name for j in stack)}"):
+        train_group(stack, stop_signals)
+
+
+def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Member]:
     """Jobs that may share a stack, trained in chunks that fit the device's free memory (members resuming
-    mid-epoch share a position: plan.py grouped them by it)."""
+    mid-epoch share a position: plan.py grouped them by it). stop_signals: those that stop training with a
+    checkpoint for every member (loop.py)."""
     cfg = jobs[0].cfg
     device = pick_device(cfg.device)
     if cfg.trainer.threads > 0:
@@ -113,15 +143,16 @@ def train_group(jobs: list[Job]) -> list[Member]:
                  f"up to {k_max} members per stack")
     members = []
     for start in range(0, len(jobs), k_max):
-        members += train_stack(jobs[start:start + k_max], data, num_classes, device)
+        members += train_stack(jobs[start:start + k_max], data, num_classes, device, stop_signals)
     return members
 
 
-def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: torch.device) -> list[Member]:
+def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: torch.device,
+                stop_signals: tuple = STOP_SIGNALS) -> list[Member]:
     K = len(jobs)
     nets, loss, step = build_stack([j.cfg for j in jobs], data, num_classes, device)
-    members = [Member(j.cfg, j.run_dir, device, evaluable(j.cfg, data), own_log=K > 1,
-                      prefix=f"[{j.name}] " if K > 1 else "") for j in jobs]
+    members = [Member(j.cfg, j.run_dir, device, evaluable(j.cfg, data), own_log=j.own_log,
+                      prefix=f"[{j.name}] " if j.own_log else "") for j in jobs]
     where, orders = Where(), None
     for k, job in enumerate(jobs):
         if job.ckpt is not None:  # every member of a stack resumes from the same point (plan.py)
@@ -134,5 +165,5 @@ def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: tor
         orders = torch.stack([job.ckpt["order"].to(device) for job in jobs])
     if K > 1:
         log.info(f"stack of {K} members: jobs {','.join(j.name for j in jobs)}")
-    fit(nets, step, loss, members, data, num_classes, where, orders)
+    fit(nets, step, loss, members, data, num_classes, where, orders, stop_signals)
     return members

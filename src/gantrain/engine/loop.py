@@ -29,9 +29,12 @@ log = logging.getLogger("gantrain")
 MEMBER_KEYS = ("seed", "log_every", "sample_every", "ckpt_every", "eval_every", "eval", "ema_decay", "resume", "logger")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; a scheduler's pre-emption (under submitit: SIGUSR2)
+
+
 @contextmanager
-def deferred_signals():
-    """SIGINT and SIGTERM are noted, for the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
+def deferred_signals(signals: tuple = STOP_SIGNALS):
+    """`signals` are noted, for the loop to stop at the next step boundary; a second Ctrl-C stops at once."""
     caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield caught
@@ -42,7 +45,7 @@ def deferred_signals():
             raise KeyboardInterrupt
         caught.append(signum)
 
-    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, note) for s in signals}
     try:
         yield caught
     finally:
@@ -51,10 +54,10 @@ def deferred_signals():
 
 
 def fit(nets, step, loss, members: list[Member], data, num_classes: int, where: Where,
-        orders: torch.Tensor | None = None) -> None:
+        orders: torch.Tensor | None = None, stop_signals: tuple = STOP_SIGNALS) -> None:
     """Train the members from `where` to their epochs (orders: each member's data order when resuming
-    mid-epoch, (K, N)). A member whose loss goes NaN/Inf stops alone (on_nan=stop); a signal stops all
-    of them with a checkpoint each, mid-epoch, that resumes exactly."""
+    mid-epoch, (K, N)). A member whose loss goes NaN/Inf stops alone (on_nan=stop); one of stop_signals
+    stops all of them with a checkpoint each, mid-epoch, that resumes exactly."""
     cfg, K, device = members[0].cfg, len(members), data.x.device  # shared keys: batch_size, epochs, n_critic...
     steps_per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)  # a last partial batch is dropped
     last_step = cfg.epochs * steps_per_epoch
@@ -67,7 +70,7 @@ def fit(nets, step, loss, members: list[Member], data, num_classes: int, where: 
         m.say(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, {steps_per_epoch} "
               f"steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {m.run_dir}")
     try:
-        with deferred_signals() as caught, ThreadPoolExecutor(8, thread_name_prefix="gantrain-writer") as writer:
+        with deferred_signals(stop_signals) as caught, ThreadPoolExecutor(8, thread_name_prefix="gantrain-writer") as writer:
             while where.epoch < cfg.epochs and any(m.alive for m in members):
                 tick = time.perf_counter()
                 if orders is None:

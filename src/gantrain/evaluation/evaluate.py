@@ -16,7 +16,7 @@ from gantrain.outputs.checkpoint import atomic_save
 log = logging.getLogger("gantrain")
 PROTOCOL_POINTS = 2500  # the PacGAN / VEEGAN tables count modes on 2,500 samples
 CHUNK = 1000  # samples generated (and featurised) per member at a time
-REFERENCE_VERSION = 1  # bump when the real subset or its features change: old cache entries are then ignored
+REFERENCE_VERSION = 2  # bump when the real subset or its features change: old cache entries are then ignored
 
 
 def evaluable(cfg, data: TensorData) -> bool:
@@ -51,10 +51,10 @@ def real_reference(net, data: TensorData, n: int, seed: int) -> metrics.RealRefe
     if key in _references:
         return _references[key]
     path = cache_dir() / "references" / f"{key[0]}-n{n}-seed{seed}-v{REFERENCE_VERSION}.pt"
-    if path.exists():
+    try:
         saved = torch.load(path, map_location=data.x.device, weights_only=True)
         reference = metrics.RealReference(saved["feats"], saved["radii"], saved["k"])
-    else:
+    except Exception:  # not there yet, or unreadable: a cache entry is only ever recomputed
         idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].to(data.x.device)
         reference = metrics.real_reference(torch.cat([net(chunk) for chunk in data.x[idx].split(CHUNK)]))
         atomic_save(path, {"feats": reference.feats.cpu(), "radii": reference.radii.cpu(), "k": reference.k})

@@ -3,7 +3,7 @@ import os
 import pickle
 import random
 import re
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -18,9 +18,11 @@ REQUIRED_KEYS = ("format", "version", "config", "data_shape", "epoch", "step", "
 
 
 def atomic_save(path: Path, obj) -> None:
-    """torch.save `obj` to `path` atomically: a temp file in the same folder, fsync, then rename over."""
+    """torch.save `obj` to `path` atomically: a temp file in the same folder, fsync, then rename over. The
+    file gets the mode any file the user creates gets (0666 less the umask; mkstemp would make it 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

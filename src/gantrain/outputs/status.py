@@ -1,9 +1,15 @@
 """A job dir's record of itself: status.json (state: running | done | failed | interrupted, with the one-line
 reason), kept up to date by job_status while jobs train, and the overrides that made the job (.hydra/).
-No torch here: gantrain report reads these."""
+
+A running job's status names its process and host and carries a heartbeat, refreshed by a thread every
+HEARTBEAT seconds, so a job whose process died without a word (kill -9, a lost node) reads as `died`
+instead of `running` forever. No torch here: gantrain report reads these.
+"""
 import json
 import logging
 import os
+import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,21 +20,69 @@ from gantrain.errors import error_line, show_tracebacks
 
 log = logging.getLogger("gantrain")
 STATUS = "status.json"
+HEARTBEAT = 30  # seconds between heartbeats of a running job; 4 missed ones on another host read as died
+_writing = threading.RLock()  # the heartbeat thread and the loop write the same files
 
 
 def write_status(run_dir: Path, state: str, **extra) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{STATUS}.tmp"
-    tmp.write_text(json.dumps({"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}) + "\n")
-    os.replace(tmp, run_dir / STATUS)
+    now = time.time()
+    record = {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), **extra}
+    if state == "running":
+        record |= {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now}
+    with _writing:
+        tmp = run_dir / f".{STATUS}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, run_dir / STATUS)
 
 
 def read_status(run_dir: Path) -> dict:
-    """The job's status; a job that died without a word (kill -9, power loss) still says 'running'."""
+    """The job's status; `running` becomes `died` when its process is gone (this host) or its heartbeat
+    stopped (another host)."""
     try:
-        return json.loads((run_dir / STATUS).read_text())
+        status = json.loads((run_dir / STATUS).read_text())
     except (OSError, ValueError):
         return {"state": "unknown"}
+    if status.get("state") == "running" and not alive(status):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.get("heartbeat", 0)))
+        status |= {"state": "died", "reason": f"its process ({status.get('pid')} on {status.get('host')}) ended "
+                                              f"without a word; last heartbeat {since}"}
+    return status
+
+
+def alive(status: dict) -> bool:
+    if status.get("host") == socket.gethostname():
+        try:
+            os.kill(int(status.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, OverflowError):
+            pass
+        return True
+    return time.time() - status.get("heartbeat", time.time()) < 4 * HEARTBEAT
+
+
+@contextmanager
+def heartbeat(run_dirs: list[Path]):
+    """While inside, a thread refreshes the heartbeat of every job still `running` in run_dirs."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT):
+            for d in run_dirs:
+                with _writing:  # read and rewrite as one: the loop may be writing `done` meanwhile
+                    status = read_status(d)
+                    if status.get("state") == "running" and status.get("pid") == os.getpid():
+                        write_status(d, "running", **{k: v for k, v in status.items()
+                                                      if k not in ("state", "time", "pid", "host", "heartbeat")})
+
+    thread = threading.Thread(target=beat, name="gantrain-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def job_overrides(run_dir: Path) -> list[str]:
@@ -41,10 +95,10 @@ def job_overrides(run_dir: Path) -> list[str]:
 
 @contextmanager
 def job_status(run_dirs: list[Path], keep_going: bool, what: str):
-    """status.json of jobs while they train: `running` on entry. A signal marks each job still running
-    `interrupted` (its checkpoint resumes) and an error marks it `failed` with the error's one line. With
-    keep_going (jobs of a sweep) the error is logged and the sweep goes on; else it is raised. Jobs that
-    ended on their own inside (done, or failed alone) keep their status."""
+    """status.json of jobs while they train: `running` on entry, with a heartbeat. A signal marks each job
+    still running `interrupted` (its checkpoint resumes) and an error marks it `failed` with the error's one
+    line. With keep_going (jobs of a sweep) the error is logged and the sweep goes on; else it is raised.
+    Jobs that ended on their own inside (done, or failed alone) keep their status."""
 
     def mark(state: str, reason: str) -> None:
         for d in run_dirs:
@@ -54,7 +108,8 @@ def job_status(run_dirs: list[Path], keep_going: bool, what: str):
     for d in run_dirs:
         write_status(d, "running")
     try:
-        yield
+        with heartbeat(run_dirs):
+            yield
     except (SystemExit, KeyboardInterrupt) as e:  # a signal: the checkpoint is saved, the job can resume
         mark("interrupted", type(e).__name__)
         raise

@@ -1,0 +1,1 @@
+"""gantrain's Hydra launcher (hydra/launcher=stacked): see stacked_launcher.py."""
