@@ -2,7 +2,6 @@
 import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gantrain.components.data import load_data
@@ -41,8 +40,7 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
     saved = stored_config(ckpt, user_path(cfg.ckpt))
     data = load_data(saved.data.name, **kwargs_of(saved.data, paths=("root",))).to(device)
     sample = lambda z, y, members: G(z[0], None if y is None else y[0]).unsqueeze(0)  # one generator: K = 1
-    with torch.no_grad():
-        results = evaluate_stack(sample, data, saved.data.name, latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n])[0]
+    results = evaluate_stack(sample, data, saved.data.name, latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n])[0]
     if not results:
         raise UserError(f"no metrics for data set {saved.data.name}: eval covers labelled image sets and ring8/grid25")
     out = user_path(cfg.out) if cfg.out else run_dir

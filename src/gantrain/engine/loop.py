@@ -64,13 +64,13 @@ def fit(nets, step, loss, members: list[Member], data, num_classes: int, where: 
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
     shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic,
                   num_classes=num_classes, loss=loss)
-    outputs = EpochOutputs(nets, members, data, num_classes)
     seconds, first_step = {"steps": 0.0, "samples, checkpoints, eval": 0.0}, where.step
     for m in members:
         m.say(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, {steps_per_epoch} "
               f"steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {m.run_dir}")
     try:
         with deferred_signals(stop_signals) as caught, ThreadPoolExecutor(8, thread_name_prefix="gantrain-writer") as writer:
+            outputs = EpochOutputs(nets, members, data, num_classes, writer)  # real_images.png: written meanwhile
             while where.epoch < cfg.epochs and any(m.alive for m in members):
                 tick = time.perf_counter()
                 if orders is None:
@@ -146,16 +146,20 @@ class EpochOutputs:
     evaluations with best.pt. Generation and evaluation run for all due members at once; files are
     written by threads while the device work stays on the loop's thread."""
 
-    def __init__(self, nets, members: list[Member], data, num_classes: int):
+    def __init__(self, nets, members: list[Member], data, num_classes: int, writer: ThreadPoolExecutor):
         self.nets, self.members, self.data, self.num_classes = nets, members, data, num_classes
         device = data.x.device
         self.fixed_z = torch.stack([fixed_latents(m.cfg, data) for m in members]).to(device)  # (K, n, latent)
         n = self.fixed_z.shape[1]
         self.fixed_y = (torch.arange(n, device=device) % num_classes).expand(len(members), n) if num_classes else None
         self.real_points = data.x[:n].cpu() if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
-        artifacts.save_real_images(data, members[0].run_dir / "real_images.png")  # the same data for every member
-        for m in members[1:]:
-            shutil.copyfile(members[0].run_dir / "real_images.png", m.run_dir / "real_images.png")
+        self.pending = [writer.submit(self.save_real_images)]  # off the path to the first step
+
+    def save_real_images(self) -> None:
+        """real_images.png, the same for every member: drawn once, copied."""
+        artifacts.save_real_images(self.data, self.members[0].run_dir / "real_images.png")
+        for m in self.members[1:]:
+            shutil.copyfile(self.members[0].run_dir / "real_images.png", m.run_dir / "real_images.png")
 
     def write(self, where: Where, last: bool, writer: ThreadPoolExecutor) -> None:
         members, nets = self.members, self.nets
@@ -163,7 +167,7 @@ class EpochOutputs:
         sample = [k for k in alive if members[k].due("sample_every", where.epoch, last)]
         keep = [k for k in alive if members[k].due("ckpt_every", where.epoch, last)]
         evaluate = [k for k in alive if members[k].evaluating and members[k].due("eval_every", where.epoch, last)]
-        writes, pngs = [], {}
+        writes, pngs, self.pending = self.pending, {}, []
         if sample:
             images = nets.sample(self.fixed_z[sample], None if self.fixed_y is None else self.fixed_y[sample], sample).cpu()
             for j, k in enumerate(sample):

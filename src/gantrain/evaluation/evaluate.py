@@ -16,7 +16,7 @@ from gantrain.outputs.checkpoint import atomic_save
 log = logging.getLogger("gantrain")
 PROTOCOL_POINTS = 2500  # the PacGAN / VEEGAN tables count modes on 2,500 samples
 CHUNK = 1000  # samples generated (and featurised) per member at a time
-REFERENCE_VERSION = 2  # bump when the real subset or its features change: old cache entries are then ignored
+REFERENCE_VERSION = 3  # bump when the real subset or its features change: old cache entries are then ignored
 
 
 def evaluable(cfg, data: TensorData) -> bool:
@@ -40,23 +40,29 @@ def samples_in_chunks(sample, members: list[int], latents: list[tuple], device):
                      members)
 
 
+def features(net, x: torch.Tensor) -> torch.Tensor:
+    """The feature network over x (N, C, H, W), CHUNK images at a time (larger passes only cost memory traffic)."""
+    return torch.cat([net(chunk) for chunk in x.split(CHUNK)])
+
+
 _references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, n, seed)
 
 
 @torch.no_grad()
-def real_reference(net, data: TensorData, n: int, seed: int) -> metrics.RealReference:
-    """Features and k-NN radii of n real examples drawn by `seed`: computed once per data set, n and seed,
-    and cached on disk beside the feature network (every evaluation of that data reuses them)."""
-    key = (content_hash(data), n, seed)
+def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
+    """Features and k-NN radii of the n real examples every evaluation compares with (the first n of one
+    fixed shuffle: the same for every run, member and checkpoint, so their numbers compare): computed once
+    per data set and n, and cached on disk beside the feature network."""
+    key = (content_hash(data), n)
     if key in _references:
         return _references[key]
-    path = cache_dir() / "references" / f"{key[0]}-n{n}-seed{seed}-v{REFERENCE_VERSION}.pt"
+    path = cache_dir() / "references" / f"{key[0]}-n{n}-v{REFERENCE_VERSION}.pt"
     try:
         saved = torch.load(path, map_location=data.x.device, weights_only=True)
         reference = metrics.RealReference(saved["feats"], saved["radii"], saved["k"])
     except Exception:  # not there yet, or unreadable: a cache entry is only ever recomputed
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].to(data.x.device)
-        reference = metrics.real_reference(torch.cat([net(chunk) for chunk in data.x[idx].split(CHUNK)]))
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].to(data.x.device)
+        reference = metrics.real_reference(features(net, data.x[idx]))
         atomic_save(path, {"feats": reference.feats.cpu(), "radii": reference.radii.cpu(), "k": reference.k})
     _references[key] = reference
     return reference
@@ -65,8 +71,8 @@ def real_reference(net, data: TensorData, n: int, seed: int) -> metrics.RealRefe
 def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, num_classes: int,
                    seeds: list[int], ns: list[int]) -> list[dict]:
     """Metrics of M generators: sample(z (M, n, latent), y, members) -> their samples (M, n, ...), member j
-    drawing its latents from seeds[j] and compared with ns[j] real examples (2D mixtures: the protocol's
-    2,500 points). Mode counts for the 2D mixtures; FD, KID, precision/recall, class coverage for images."""
+    drawing its latents from seeds[j] and compared with the same ns[j] real examples as every other
+    evaluation (2D mixtures: the protocol's 2,500 points). Mode counts for the 2D mixtures; FD, KID, precision/recall, class coverage for images."""
     if data.x.dim() == 2:
         if data_name not in MIXTURES:
             return [{} for _ in seeds]
@@ -87,10 +93,10 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
     for n in sorted({min(n, len(data)) for n in ns}):  # members compared with as many real examples share a pass
         group = [j for j in range(len(seeds)) if min(ns[j], len(data)) == n]
         latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]
-        feats = torch.cat([net(x.flatten(0, 1)).view(len(group), x.shape[1], -1)
+        feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
                            for x in samples_in_chunks(sample, group, latents, data.x.device)], dim=1)  # (M', n, F)
         for j, f in zip(group, feats):
-            out = metrics.image_metrics(real_reference(net, data, n, seeds[j]), f, net.head(f), classes)
+            out = metrics.image_metrics(real_reference(net, data, n), f, net.head(f), classes)
             out["feature_net_accuracy"] = metrics.entry(accuracy, n_held, 0, note="held-out real data")
             results[j] = out
     return results

@@ -40,10 +40,11 @@ class FeatureNet(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.float())
+        # channels-last: oneDNN's convolutions and max-pooling run about twice as fast on a CPU in it
+        return self.body(x.float().contiguous(memory_format=torch.channels_last))
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x.float()))
+        return self.head(self(x))
 
 
 def cache_dir() -> Path:

@@ -48,9 +48,10 @@ def fd_and_kid(real: torch.Tensor, fake: torch.Tensor) -> dict:
 
 
 def kth_neighbour_radii(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-    """Distance from each point to its k-th nearest other point of the same set."""
-    radii = [torch.cdist(part, feats).kthvalue(k + 1, dim=1).values for part in feats.split(chunk)]  # +1: itself
-    return torch.cat(radii)
+    """Distance from each point to its k-th nearest other point of the same set (k + 1: itself is the
+    nearest). topk, not kthvalue: the same value, several times faster on a CPU."""
+    return torch.cat([torch.cdist(part, feats).topk(k + 1, dim=1, largest=False).values[:, -1]
+                      for part in feats.split(chunk)])
 
 
 def on_manifold(points: torch.Tensor, anchors: torch.Tensor, radii: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
