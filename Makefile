@@ -19,8 +19,8 @@ install: $(STAMP) ## create .venv and install gantrain (editable) with its test 
 train: install ## train the reference GAN on the bundled MNIST sample (offline)
 	$(VENV)/bin/gantrain train
 
-test: install ## run the test suite (about 4 minutes on 2 CPU cores)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+test: install ## run the test suite (2-3 minutes on 2 CPU cores), then the 15 slowest tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: install ## CPU benchmark: gantrain's training step against the reference pipeline
 	$(PY) benchmarks/bench_train.py

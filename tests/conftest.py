@@ -1,6 +1,9 @@
 """Shared fixtures: tiny MNIST-format data written by the tests, and the real configs composed once and shrunk."""
+import contextlib
 import copy
 import gzip
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -97,12 +100,44 @@ def compose_train(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run the real `gantrain` CLI (as `python -m gantrain`) in a subprocess."""
+def run_process(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the real `gantrain` command (as `python -m gantrain`) in a process of its own: for what only a
+    process shows (its exit status after a signal, runs that start together)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "gantrain", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run the real `gantrain` command (gantrain.cli.main, what `gantrain` and `python -m gantrain` call) in
+    this process, as a subprocess would see it: its stdout, stderr and exit status, in `cwd` with `env` set;
+    everything it changes (cwd, argv, environment, logging) is put back. A new process would spend ~2 s
+    importing torch before doing anything; here that is paid once per test worker."""
+    from gantrain.cli import main
+
+    out, err, saved = io.StringIO(), io.StringIO(), (os.getcwd(), sys.argv[:], dict(os.environ))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    os.chdir(cwd)
+    os.environ.update(env or {})
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(saved[0])
+        sys.argv[:] = saved[1]
+        os.environ.clear()
+        os.environ.update(saved[2])
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+    return subprocess.CompletedProcess(["gantrain", *args], code, out.getvalue(), err.getvalue())
 
 
 def only_run_dir(root: Path, command: str = "train") -> Path:

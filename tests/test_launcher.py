@@ -3,10 +3,12 @@ stacks and each trial gets its own metric, stacks spread over GPUs, a member tha
 as died, and the launcher is found both from an editable install and from a wheel."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -81,9 +83,13 @@ def test_a_job_whose_process_died_reads_as_died(tmp_path):
 def test_the_launcher_is_found_from_a_wheel_install_too(tmp_path):
     """An editable install is found because gantrain registers the launcher itself; a wheel is found by
     Hydra's own scan of hydra_plugins, without gantrain's command importing anything."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo, source = Path(__file__).parents[1], tmp_path / "source"  # built from a copy: no build/ in the checkout
+    for folder in ("src", "conf"):
+        shutil.copytree(repo / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
     wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(tmp_path / "dist"), repo], capture_output=True, text=True, timeout=300)
+                            str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert wheel.returncode == 0, wheel.stderr
     target = tmp_path / "site"
     unpack = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
