@@ -52,8 +52,7 @@ def main() -> None:
         data, name = load_data("mnist", root=str(root)), "mnist"
     else:
         data, name = load_data("mnist_sample"), "mnist_sample"
-    nets, _, _ = build_stack(cfgs, data, 0, torch.device("cpu"))
-    lone, _, _ = build_stack(cfgs[:1], data, 0, torch.device("cpu"))
+    nets, lone = build_stack(cfgs, data, 0, torch.device("cpu")).nets, build_stack(cfgs[:1], data, 0, torch.device("cpu")).nets
     run = lambda members, seeds: evaluate.evaluate_stack(lambda z, y, which: members.sample(z, y, which), data,
                                                          name, 64, 0, seeds, [args.n] * len(seeds))
     n = min(args.n, len(data))  # as the evaluation does: no more real images than the data set has, as many fakes
@@ -69,7 +68,7 @@ def main() -> None:
     print(f"warm cache (the default end-of-run eval) : {warm:6.2f} s")
 
     # where a warm evaluation's time goes
-    net, _ = features.feature_net(data, torch.device("cpu"))
+    net, _, _ = features.feature_net(data, torch.device("cpu"))
     z, _ = evaluate.eval_latents(n, 64, 0, 0)
     reference = evaluate.real_reference(net, data, n)
     with torch.no_grad():

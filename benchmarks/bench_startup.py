@@ -56,13 +56,13 @@ from gantrain.engine.jobs import Job; mark("import the engine (torchvision, comp
 from gantrain.components.data import load_data
 data = load_data("mnist", root="{root}"); mark("decode 60,000 IDX images into one tensor")
 from gantrain.engine.build import build_stack
-nets, loss, step = build_stack([cfg], data, 0, torch.device("cpu")); mark("build G, D, optimizers, the step")
+stack = build_stack([cfg], data, 0, torch.device("cpu")); mark("build G, D, optimizers, the step")
 from gantrain.outputs import artifacts
 import pathlib, tempfile
 artifacts.save_real_images(data, pathlib.Path(tempfile.mkdtemp()) / "real_images.png"); mark("write real_images.png")
-from gantrain.engine.inputs import epoch_order, step_inputs
+from gantrain.engine.inputs import epoch_order
 gen = torch.Generator().manual_seed(0); orders = epoch_order(len(data), gen)[None]
-step(step_inputs(data, orders, 0, [gen], batch_size=100, latent_size=64, n_critic=1, num_classes=0, loss=loss)).tolist()
+stack.step(stack.inputs(data, orders, 0, [gen])).tolist()
 mark("the first step")
 for name, s in out: print(f"{{s:.3f}}\\t{{name}}")
 """

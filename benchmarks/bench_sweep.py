@@ -36,7 +36,7 @@ def stack_steps(cfgs, graph: bool = True):
     from gantrain.components.data import load_data
     from gantrain.config import kwargs_of, pick_device
     from gantrain.engine.build import build_stack, classes_of, set_matmul_precision
-    from gantrain.engine.inputs import epoch_order, step_inputs
+    from gantrain.engine.inputs import epoch_order
 
     cfg, device = cfgs[0], pick_device(cfgs[0].device)
     set_matmul_precision(cfg.trainer.precision)
@@ -44,13 +44,12 @@ def stack_steps(cfgs, graph: bool = True):
         c.trainer.cuda_graph = c.trainer.cuda_graph and graph
     data = load_data(cfg.data.name, **kwargs_of(cfg.data)).to(device)
     classes = classes_of(cfg, data)
-    nets, loss, step = build_stack(cfgs, data, classes, device)
+    stack = build_stack(cfgs, data, classes, device)
     gens = [torch.Generator(device).manual_seed(c.seed) for c in cfgs]
     per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)
     orders = torch.stack([epoch_order(len(data), g) for g in gens])
-    shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=classes, loss=loss)
-    inputs = lambda i: step_inputs(data, orders, i % per_epoch, gens, **shapes)
-    return (lambda i: step(inputs(i), r1=loss.r1_due(i))), inputs, step, device
+    inputs = lambda i: stack.inputs(data, orders, i % per_epoch, gens)
+    return (lambda i: stack.step(inputs(i), r1=stack.loss.r1_due(i))), inputs, stack.step, device
 
 
 def timed(one, steps: int, warmup: int, device) -> float:

@@ -88,21 +88,20 @@ def gantrain_steps(root: Path, args):
     from gantrain.components.data import load_data
     from gantrain.config import kwargs_of
     from gantrain.engine.build import build_stack
-    from gantrain.engine.inputs import epoch_order, step_inputs
+    from gantrain.engine.inputs import epoch_order
 
     overrides = [f"device={args.device}", f"batch_size={args.batch_size}", f"model={args.model}",
                  "data=mnist", f"data.root={root}", *args.set]
     with initialize_config_module("gantrain.conf", version_base=None):
         cfg = compose("train", overrides=overrides)
     data = load_data("mnist", **kwargs_of(cfg.data)).to(args.device)
-    nets, loss, step = build_stack([cfg], data, 0, torch.device(args.device))
+    stack = build_stack([cfg], data, 0, torch.device(args.device))
     gen = torch.Generator(args.device).manual_seed(cfg.seed)
     per_epoch = len(data) // cfg.batch_size
     while True:
         orders = epoch_order(len(data), gen).unsqueeze(0)
         for i in range(per_epoch):
-            yield step(step_inputs(data, orders, i, [gen], batch_size=cfg.batch_size, latent_size=cfg.latent_size,
-                                   n_critic=cfg.n_critic, num_classes=0, loss=loss))[0]  # the member's (4,) stats
+            yield stack.step(stack.inputs(data, orders, i, [gen]))[0]  # the member's (4,) stats
 
 
 def timed(steps, n: int, device: torch.device) -> float:

@@ -55,6 +55,27 @@ def write_mnist(root: Path, n: int = N_TINY, gz: bool = False) -> Path:
     return root
 
 
+def write_photo_folder(root: Path, n: int, side: int = 40) -> Path:
+    """n real colour photographs: random square crops of the three photos that installed packages ship
+    (matplotlib's Grace Hopper, scikit-learn's China and flower), resized to side x side PNGs."""
+    import matplotlib
+    import sklearn.datasets
+    from PIL import Image
+
+    images = Path(sklearn.datasets.__file__).parent / "images"
+    sources = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", images / "china.jpg",
+               images / "flower.jpg"]
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        with Image.open(sources[i % 3]) as photo:
+            w, h = photo.size
+            size = int(rng.integers(48, min(w, h) // 2))
+            x, y = int(rng.integers(0, w - size)), int(rng.integers(0, h - size))
+            photo.convert("RGB").crop((x, y, x + size, y + size)).resize((side, side), Image.BICUBIC).save(root / f"{i:04d}.png")
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def feature_cache(tmp_path_factory):
     """Cached feature networks go to a temp dir (CLI subprocesses inherit it), never to ~/.cache."""

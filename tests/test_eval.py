@@ -1,11 +1,12 @@
-"""Evaluation: the sanity ladder on the bundled sample, the 2D protocol, precision/recall by hand, the cache."""
+"""Evaluation: the sanity ladder on the bundled sample and (self-supervised features) on real photographs, the
+2D protocol, precision/recall by hand, the cache."""
 import json
 import math
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, write_photo_folder
 from gantrain.evaluation import features, metrics
 from gantrain.components.data import grid25_means, load_data, ring8_means
 from gantrain.outputs.checkpoint import load_checkpoint
@@ -15,7 +16,7 @@ from gantrain.engine.jobs import train
 @pytest.fixture(scope="module")
 def mnist_features():
     data = load_data("mnist_sample")
-    net, accuracy = features.feature_net(data, torch.device("cpu"))
+    net, accuracy, _ = features.feature_net(data, torch.device("cpu"))
     return data, net, accuracy
 
 
@@ -50,10 +51,11 @@ def test_sanity_ladder_on_the_bundled_sample(mnist_features):
 
 def test_feature_network_cache_is_reused(base_cfg, mnist_root, monkeypatch):
     data = load_data("mnist", root=str(mnist_root))
-    net, acc = features.feature_net(data, torch.device("cpu"))  # trained, or cached by an earlier test
+    net, acc, _ = features.feature_net(data, torch.device("cpu"))  # trained, or cached by an earlier test
     calls = []
     monkeypatch.setattr(features, "train_feature_net", lambda *a: calls.append(1))
-    again, acc_again = features.feature_net(data, torch.device("cpu"))
+    features._loaded.clear()  # this process's copy: the one on disk is the cache under test
+    again, acc_again, _ = features.feature_net(data, torch.device("cpu"))
     assert not calls and acc_again == acc
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
 
@@ -123,3 +125,68 @@ def test_eval_command_prints_a_table_and_writes_metrics_json(tmp_path, base_cfg)
     assert "fd" in result.stdout and "precision" in result.stdout and "n_fake" in result.stdout
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["metrics"]["fd"]["n_fake"] == 50 and saved["epoch"] == 1
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """300 real colour photographs in a folder, loaded as data=folder does at 32x32, and their contrastive
+    feature network as gantrain trains it, into this session's cache."""
+    root = write_photo_folder(tmp_path_factory.mktemp("photos"), 300)
+    data = load_data("folder", root=str(root), image_size=32, channels=3)
+    net, score, what = features.feature_net(data, torch.device("cpu"))
+    return root, data, net, score, what
+
+
+@pytest.mark.xdist_group("photos")
+def test_unlabelled_photographs_get_self_supervised_features_that_hold_the_sanity_ladder(photos):
+    from torchvision.transforms.functional import gaussian_blur
+
+    root, data, net, score, what = photos
+    assert what == "held-out view matching" and score > 0.3  # chance: 1 in 60 held-out images
+    assert net.logits(torch.zeros(1, 128)) is None  # no classes, so no class coverage
+    feats = lambda x: torch.cat([net(chunk) for chunk in x.split(500)]).detach()
+    reference, other = metrics.real_reference(feats(data.x[:150])), data.x[150:]
+    g = torch.Generator().manual_seed(1)
+    ladder = {"real split": other, "lightly noised": (other + 0.1 * torch.randn(other.shape, generator=g)).clamp(-1, 1),
+              "blurred": gaussian_blur(other, 5, 1.5), "collapsed": other[:1].expand_as(other),
+              "uniform noise": torch.rand(other.shape, generator=g) * 2 - 1}
+    results = {name: metrics.image_metrics(reference, feats(x), None, 0) for name, x in ladder.items()}
+    fds = [results[name]["fd"]["value"] for name in ladder]
+    assert fds == sorted(fds), dict(zip(ladder, fds))
+    assert results["collapsed"]["recall"]["value"] < 0.1 < 0.8 < results["real split"]["recall"]["value"]
+    assert "classes_covered" not in results["real split"]
+
+
+@pytest.mark.xdist_group("photos")
+def test_a_run_on_an_image_folder_is_evaluated_with_those_features(photos, tmp_path):
+    root, data, net, score, what = photos
+    result = run_cli("train", "data=folder", f"data.root={root}", "data.image_size=32", "model=dcgan", "epochs=1",
+                     "batch_size=30", "hidden_size=16", "latent_size=8", "eval.n=100", "device=cpu",
+                     "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "training a contrastive encoder" not in result.stdout  # the fixture's, found by the data's content hash
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert {"fd", "kid", "precision", "recall"} <= set(saved) and "classes_covered" not in saved
+    assert saved["feature_net_accuracy"]["note"] == "held-out view matching"
+    assert saved["feature_net_accuracy"]["value"] == pytest.approx(score)
+
+
+def test_eval_of_several_checkpoints_is_one_table_on_the_same_real_examples(tmp_path, base_cfg):
+    import copy
+    import csv
+
+    for seed in (0, 1):
+        cfg = copy.deepcopy(base_cfg)
+        cfg.epochs, cfg.eval.enabled, cfg.seed = 1, False, seed
+        train(cfg, tmp_path / "sweep" / str(seed), [])
+    a, b = (tmp_path / "sweep" / s / "checkpoints" / "last.pt" for s in "01")
+    listed = run_cli("eval", f"ckpt=[{a},{b}]", "n=50", "out=both", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "2 checkpoints on mnist, each against the same 50 real examples" in listed.stdout
+    rows = list(csv.DictReader(open(tmp_path / "both" / "eval.csv")))
+    assert [r["checkpoint"] for r in rows] == [str(a), str(b)] and rows[0]["fd"] != rows[1]["fd"]
+    alone = run_cli("eval", f"ckpt={b}", "n=50", "out=b", cwd=tmp_path)  # the same number as in the table
+    fd_alone = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]["fd"]["value"]
+    assert alone.returncode == 0 and float(rows[1]["fd"]) == pytest.approx(fd_alone)
+    from_dir = run_cli("eval", f"ckpt={tmp_path / 'sweep'}", "n=50", "out=dir", cwd=tmp_path)  # a sweep dir: every job
+    assert from_dir.returncode == 0 and list(csv.DictReader(open(tmp_path / "dir" / "eval.csv"))) == rows

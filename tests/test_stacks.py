@@ -121,6 +121,8 @@ CASES = {
     "conditional-dcgan-adam": (["model=dcgan", "model.conditional=true"], ["seed=2", "optim.betas=[0.5,0.999]"]),
     "conditional-mlp-pack-heads-skip": (["model.conditional=true", "model.pack=2", "model.heads=3", "on_nan=skip"],
                                         ["seed=3", "optim.lr=1e-3"]),
+    "diffaugment-dcgan-r1": (["augment=diffaugment", "model=dcgan", "loss.r1_gamma=1.0"], ["seed=1", "augment.strength=0.5"]),
+    "resnet-hinge-conditional": (["model=resnet", "hidden_size=16", "loss=hinge", "model.conditional=true"], ["seed=1"]),
 }
 
 
@@ -176,6 +178,8 @@ def another(value):
     if isinstance(value, (int, float)):
         return value * 2 + 1
     if isinstance(value, list):
+        if value and isinstance(value[-1], str):
+            return value[:-1]  # a list of names, e.g. augment.policy
         return [*value[:-1], value[-1] / 2] if value else [1]
     return f"{value}_other"
 
@@ -186,10 +190,12 @@ def member_key(group_choice: dict, key: str) -> bool:
         return True
     if top in ("optim", "loss"):
         return key.split(".", 1)[1] in REGISTRIES[top][group_choice[top]].member_keys
+    if top == "augment":
+        return key.split(".", 1)[1] in REGISTRIES["augment"][group_choice["augment"]].member_keys
     return False
 
 
-GROUPS = {"model": ["mlp", "dcgan"], "loss": ["bce", "lsgan", "hinge", "wgan_gp"], "optim": ["adam", "adamw", "sgd", "rmsprop"],
+GROUPS = {"model": ["mlp", "dcgan", "resnet"], "augment": ["none", "diffaugment"], "loss": ["bce", "lsgan", "hinge", "wgan_gp"], "optim": ["adam", "adamw", "sgd", "rmsprop"],
           "data": ["mnist_sample", "mnist", "fashion_mnist", "kmnist", "cifar10", "folder", "ring8", "grid25"],
           "logger": ["csv", "tensorboard"]}
 
@@ -213,7 +219,7 @@ def test_every_config_key_is_honoured_per_member_or_splits_the_stack():
                 cfg = compose("train", overrides=[f"{group}={choice}"])
             keys_of_choices.add(stack_key(cfg))
             plain = OmegaConf.to_container(cfg)
-            chosen = {g: plain[g]["name"] for g in ("optim", "loss")}
+            chosen = {g: plain[g]["name"] for g in ("optim", "loss", "augment")}
             torch_args = {f"optim.{k}": v for k, v in REGISTRIES["optim"][chosen["optim"]].settings({}).items()}
             for key, value in [*leaf_keys(plain), *torch_args.items()]:
                 if key.split(".")[0] in GROUPS and key.endswith(".name"):
@@ -369,24 +375,24 @@ def test_a_grid_over_models_and_learning_rates_stacks_the_learning_rates(tiny_ro
 
 
 @pytest.mark.parametrize("k,overrides", [(1, []), (2, []), (2, ["on_nan=skip", "loss=wgan_gp", "n_critic=2", "optim=rmsprop"]),
-                                         (2, ["model=dcgan", "loss.r1_gamma=1", "ema_decay=0.9", "optim=sgd"])],
-                         ids=["lone", "stack", "stack-skip-wgan_gp-rmsprop", "stack-dcgan-r1-ema-sgd"])
+                                         (2, ["model=dcgan", "loss.r1_gamma=1", "ema_decay=0.9", "optim=sgd"]),
+                                         (2, ["augment=diffaugment", "model=resnet", "hidden_size=16"])],
+                         ids=["lone", "stack", "stack-skip-wgan_gp-rmsprop", "stack-dcgan-r1-ema-sgd", "stack-diffaugment-resnet"])
 def test_a_step_asks_the_host_nothing_and_draws_no_random_numbers(tiny_root, monkeypatch, k, overrides):
     """What a CUDA graph needs of the step it captures (the capture itself needs a GPU): no tensor is read
     on the host, and no random number is drawn inside (the inputs carry them). A lone run with on_nan=skip
     does read (and is never graphed); a stack skips on the device."""
     from gantrain.components.data import load_data
     from gantrain.engine.build import build_stack
-    from gantrain.engine.inputs import epoch_order, step_inputs
+    from gantrain.engine.inputs import epoch_order
 
     cfgs = [tiny(tiny_root, *overrides, f"seed={s}") for s in range(k)]
     data = load_data("mnist", root=str(tiny_root))
-    nets, loss, step = build_stack(cfgs, data, 0, torch.device("cpu"))
+    stack = build_stack(cfgs, data, 0, torch.device("cpu"))
     gens = [torch.Generator().manual_seed(s) for s in range(k)]
     orders = torch.stack([epoch_order(len(data), g) for g in gens])
-    shapes = dict(batch_size=cfgs[0].batch_size, latent_size=8, n_critic=cfgs[0].n_critic, num_classes=0, loss=loss)
-    step(step_inputs(data, orders, 0, gens, **shapes))  # the first step creates the optimizer state
-    inputs = step_inputs(data, orders, 1, gens, **shapes)
+    stack.step(stack.inputs(data, orders, 0, gens))  # the first step creates the optimizer state
+    inputs, step = stack.inputs(data, orders, 1, gens), stack.step
     rng = torch.get_rng_state()
 
     def host_read(*args, **kwargs):

@@ -80,6 +80,20 @@ def test_spectral_norm_divides_by_the_largest_singular_value(layer):
     assert sn.weight.grad is not None and not sn.u.requires_grad
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("classes", [0, 10])
+def test_resnet_sizes_itself_from_the_image_shape(shape, classes):
+    from gantrain.components.layers import SpectralNorm
+
+    G, D = lookup("model", "resnet")(data_shape=shape, latent_size=8, hidden_size=32, num_classes=classes)
+    y = torch.arange(3) if classes else None
+    x = G(torch.randn(3, 8), y)
+    assert x.shape == (3, *shape) and D(x, y).shape == (3,) and x.abs().max() <= 1
+    assert all(isinstance(m, SpectralNorm) for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in G.modules()) and not any(
+        isinstance(m, nn.BatchNorm2d) for m in D.modules())
+
+
 def test_dcgan_refuses_shapes_it_cannot_build():
     with pytest.raises(UserError, match="divisible by 4"):
         lookup("model", "dcgan")(data_shape=(1, 30, 30), latent_size=8, hidden_size=32)

@@ -52,6 +52,9 @@ def check_train_config(cfg: DictConfig) -> None:
         if cfg.data.name not in MIXTURES:
             raise UserError(f"model.seed_heads=true starts G's heads at data points, for 2D data "
                             f"({', '.join(MIXTURES)}); data={cfg.data.name} holds images: drop seed_heads")
+    if cfg.augment.name != "none" and cfg.data.name in MIXTURES:
+        raise UserError(f"augment={cfg.augment.name} transforms images, and data={cfg.data.name} holds 2D points; "
+                        f"use augment=none")
     r1_every = cfg.loss.get("r1_every", 1)
     if not is_int(r1_every) or r1_every < 1:
         raise UserError(f"loss.r1_every must be an integer >= 1 (1 = R1 on every step), got {r1_every!r}; "
@@ -65,7 +68,8 @@ def check_component_keys(cfg: DictConfig) -> None:
     """Each group's keys against what its registry entry takes, before any data is loaded: an unknown key is
     refused here (the optimizer's values by torch itself), not dropped and not found minutes later."""
     lookup("optim", cfg.optim.name).settings(kwargs_of(cfg.optim))
-    for group, skip in (("model", ("conditional", "seed_heads")), ("loss", ())):  # decided by the caller (build.py)
+    lookup("augment", cfg.augment.name)(**kwargs_of(cfg.augment))  # checks its policy (cheap: no tensors)
+    for group, skip in (("model", ("conditional", "seed_heads")), ("loss", ()), ("augment", ())):  # skip: build.py's
         entry, kwargs = lookup(group, cfg[group].name), kwargs_of(cfg[group])
         try:
             inspect.signature(entry).bind_partial(**{k: v for k, v in kwargs.items() if k not in skip})

@@ -1,8 +1,12 @@
-"""gantrain eval: metrics of a checkpoint's generator against its data set, both rebuilt from the checkpoint."""
+"""gantrain eval: metrics of checkpoints' generators against their data set, both rebuilt from the checkpoints.
+Several checkpoints (a list, or a run or sweep dir) get one table, a row each, all compared with the same
+real examples through the same feature network, from the same latents (evaluate.py), so the rows compare."""
+import csv
 import logging
+import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gantrain.components.data import load_data
 from gantrain.config import is_int, kwargs_of, pick_device, stored_config, user_path
@@ -14,37 +18,82 @@ from gantrain.outputs.checkpoint import load_checkpoint
 log = logging.getLogger("gantrain")
 
 
-def print_table(results: dict, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def checkpoints_of(ckpt) -> list[Path]:
+    """ckpt=PATH, ckpt=[A,B], or a run / sweep dir: every checkpoints/last.pt below it."""
+    paths = [user_path(p) for p in (ckpt if isinstance(ckpt, (list, ListConfig)) else [ckpt])]
+    found = []
+    for path in paths:
+        if path.is_dir():
+            below = sorted(path.glob("checkpoints/last.pt")) or sorted(path.glob("*/checkpoints/last.pt"),
+                                                                        key=lambda p: (len(p.parts[-3]), p.parts[-3]))
+            if not below:
+                raise UserError(f"{path} holds no checkpoints/last.pt (nor do the job dirs below it); pass a run or "
+                                f"sweep dir, or the checkpoint files")
+            found += below
+        else:
+            found.append(path)
+    return found
 
-    table = Table(title=title)
-    for column in ("metric", "value", "n_real", "n_fake", "note"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
-    for name, e in results.items():
-        note = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in e.items() if k not in ("value", "n_real", "n_fake"))
-        table.add_row(name, f"{e['value']:.4g}", str(e["n_real"]), str(e["n_fake"]), note)
-    Console().print(table)
 
-
-def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Rebuild G and its data set from a checkpoint, print the metrics, write metrics.json."""
-    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise UserError("ckpt is required: pass the checkpoint, e.g. gantrain eval ckpt=outputs/train/<date>/<time>/checkpoints/last.pt")
-    if not is_int(cfg.n) or cfg.n < 2:
-        raise UserError(f"n must be an integer >= 2, got {cfg.n!r}; e.g. n=10000")
-    ckpt = load_checkpoint(user_path(cfg.ckpt))
-    device = pick_device(cfg.device)
-    G, latent_size = generator_from_checkpoint(ckpt, user_path(cfg.ckpt), cfg.ema, device)
-    saved = stored_config(ckpt, user_path(cfg.ckpt))
+def evaluate_checkpoint(path: Path, cfg: DictConfig, device) -> tuple[dict, dict, DictConfig]:
+    ckpt = load_checkpoint(path)
+    G, latent_size = generator_from_checkpoint(ckpt, path, cfg.ema, device)
+    saved = stored_config(ckpt, path)
     data = load_data(saved.data.name, **kwargs_of(saved.data, paths=("root",))).to(device)
     sample = lambda z, y, members: G(z[0], None if y is None else y[0]).unsqueeze(0)  # one generator: K = 1
     results = evaluate_stack(sample, data, saved.data.name, latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n])[0]
     if not results:
-        raise UserError(f"no metrics for data set {saved.data.name}: eval covers labelled image sets and ring8/grid25")
+        raise UserError(f"no metrics for data set {saved.data.name} ({path}): eval covers image sets and ring8/grid25")
+    return results, ckpt, saved
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column in ("metric", "checkpoint", "note") else "right",
+                         no_wrap=not sys.stdout.isatty())
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+
+
+def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
+    """Rebuild G and its data set from each checkpoint, print the metrics, write metrics.json (several: one
+    table and eval.csv)."""
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise UserError("ckpt is required: pass the checkpoint, e.g. gantrain eval ckpt=outputs/train/<date>/<time>/checkpoints/last.pt")
+    if not is_int(cfg.n) or cfg.n < 2:
+        raise UserError(f"n must be an integer >= 2, got {cfg.n!r}; e.g. n=10000")
+    paths, device = checkpoints_of(cfg.ckpt), pick_device(cfg.device)
     out = user_path(cfg.out) if cfg.out else run_dir
-    write_metrics(out / "metrics.json", results, checkpoint=str(user_path(cfg.ckpt)), epoch=ckpt["epoch"], step=ckpt["step"])
-    print_table(results, f"{saved.model.name}/{saved.loss.name} on {saved.data.name}, epoch {ckpt['epoch']}")
-    log.info(f"wrote {out / 'metrics.json'}")
-    return headline(results)
+    evaluated = [evaluate_checkpoint(path, cfg, device) for path in paths]
+    datas = {(saved.data.name, str(saved.data.get("root"))) for _, _, saved in evaluated}
+    if len(datas) > 1:
+        raise UserError(f"these checkpoints were trained on different data ({', '.join(sorted(d for d, _ in datas))}), "
+                        f"which one table cannot compare; evaluate them separately")
+    if len(paths) == 1:
+        (results, ckpt, saved), = evaluated
+        write_metrics(out / "metrics.json", results, checkpoint=str(paths[0]), epoch=ckpt["epoch"], step=ckpt["step"])
+        note = lambda e: ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.items()
+                                   if k not in ("value", "n_real", "n_fake"))
+        print_table([{"metric": name, "value": e["value"], "n_real": e["n_real"], "n_fake": e["n_fake"], "note": note(e)}
+                     for name, e in results.items()],
+                    f"{saved.model.name}/{saved.loss.name} on {saved.data.name}, epoch {ckpt['epoch']}")
+        log.info(f"wrote {out / 'metrics.json'}")
+        return headline(results)
+    rows = [{"checkpoint": str(path), "model": f"{saved.model.name}/{saved.loss.name}", "epoch": ckpt["epoch"],
+             **{name: e["value"] for name, e in results.items()}} for path, (results, ckpt, saved) in zip(paths, evaluated)]
+    first = next(iter(evaluated[0][0].values()))
+    write_metrics(out / "metrics.json", {}, checkpoints=[{"checkpoint": str(p), "epoch": c["epoch"], "step": c["step"],
+                                                           "metrics": r} for p, (r, c, _) in zip(paths, evaluated)])
+    with open(out / "eval.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print_table(rows, f"{len(rows)} checkpoints on {evaluated[0][2].data.name}, each against the same "
+                      f"{first['n_real']} real examples and {first['n_fake']} samples from the same latents")
+    log.info(f"wrote {out / 'metrics.json'} and {out / 'eval.csv'}")
+    return None

@@ -1,12 +1,15 @@
 """Build what a stack trains from its members' configs: the networks (each from its member's seed), the loss,
 the optimizers and the step. One member gets plain modules (plain.py), several get stacked parameters
 (stacked.py); both run the same step (step.py)."""
+from dataclasses import dataclass
+
 import torch
 
 from gantrain.components.data import TensorData
 from gantrain.components.registry import lookup
 from gantrain.config import kwargs_of, stored_config
 from gantrain.engine.cuda_graph import graphed
+from gantrain.engine.inputs import step_inputs
 from gantrain.engine.plain import PlainMembers
 from gantrain.engine.stacked import StackedMembers
 from gantrain.engine.step import make_step
@@ -65,20 +68,38 @@ def per_member_kwargs(component, kwargs: list[dict], device) -> dict:
     return shared
 
 
-def build_loss(loss_class, kwargs: dict, name: str):
+def build_component(kind: str, cfgs: list, device) -> object:
+    """A loss or an augmentation for the stack: its member keys as (K,) tensors when there are several."""
+    component, name = lookup(kind, cfgs[0][kind].name), cfgs[0][kind].name
+    kwargs = kwargs_of(cfgs[0][kind]) if len(cfgs) == 1 else per_member_kwargs(component, [kwargs_of(c[kind]) for c in cfgs], device)
     try:
-        return loss_class(**kwargs)
+        return component(**kwargs)
     except TypeError as e:
-        raise UserError(f"loss '{name}' got a bad option ({e}); see conf/loss/{name}.yaml") from None
+        raise UserError(f"{kind} '{name}' got a bad option ({e}); see conf/{kind}/{name}.yaml") from None
 
 
-def build_stack(configs: list, data: TensorData, num_classes: int, device: torch.device):
-    """The members (plain for one, stacked for several), their loss and their step (graphed on CUDA)."""
+@dataclass
+class Stack:
+    """What trains: the members' networks and optimizers (plain.py or stacked.py), their loss and
+    augmentation, the step over them, and what one step's inputs look like."""
+
+    nets: PlainMembers | StackedMembers
+    loss: object
+    augment: object
+    step: object  # step(inputs, r1=...) -> stats (K, 4): make_step, graphed on CUDA
+    shapes: dict  # batch_size, latent_size, n_critic, num_classes
+
+    def inputs(self, data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Generator]) -> dict:
+        """Step i of an epoch for every member: its data and its own random numbers (inputs.py)."""
+        return step_inputs(data, orders, i, gens, loss=self.loss, augment=self.augment, **self.shapes)
+
+
+def build_stack(configs: list, data: TensorData, num_classes: int, device: torch.device) -> Stack:
+    """The members (plain for one, stacked for several), their loss, augmentation and step (graphed on CUDA)."""
     cfg = configs[0]  # everything but member keys is the same in every member (plan.py)
     nets = [member_networks(c, data, num_classes, device) for c in configs]
     optimizer = lookup("optim", cfg.optim.name)
     optim_kwargs = [kwargs_of(c.optim) for c in configs]
-    loss_class = lookup("loss", cfg.loss.name)
     skip, fast = cfg.on_nan == "skip", cfg.trainer.fast
     graph = cfg.trainer.cuda_graph and device.type == "cuda"
     if len(configs) == 1:
@@ -86,14 +107,13 @@ def build_stack(configs: list, data: TensorData, num_classes: int, device: torch
         graph = graph and not skip and optimizer.capturable  # skipping syncs with the host; the graph cannot
         opt_g, opt_d = (optimizer.build_torch(net.parameters(), optim_kwargs[0], fast, capturable=graph) for net in (G, D))
         members = PlainMembers(G, D, opt_g, opt_d, cfg.ema_decay, skip)
-        loss = build_loss(loss_class, kwargs_of(cfg.loss), cfg.loss.name)
     else:
         members = StackedMembers([G for G, _ in nets], [D for _, D in nets], optimizer, optim_kwargs,
                                  [c.ema_decay for c in configs], skip, fast)
-        loss = build_loss(loss_class, per_member_kwargs(loss_class, [kwargs_of(c.loss) for c in configs], device),
-                          cfg.loss.name)
-    step = make_step(members, loss, n_critic=cfg.n_critic, joint_d_pass=fast, precision=cfg.trainer.precision)
-    return members, loss, graphed(step) if graph else step
+    loss, augment = build_component("loss", configs, device), build_component("augment", configs, device)
+    step = make_step(members, loss, augment, n_critic=cfg.n_critic, joint_d_pass=fast, precision=cfg.trainer.precision)
+    shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=num_classes)
+    return Stack(members, loss, augment, graphed(step) if graph else step, shapes)
 
 
 def generator_from_checkpoint(ckpt: dict, path, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:

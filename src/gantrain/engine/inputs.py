@@ -21,17 +21,18 @@ def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def member_draws(gen: torch.Generator, batch_size: int, latent_size: int, n_critic: int, num_classes: int,
-                 loss) -> dict[str, torch.Tensor]:
+                 loss, augment) -> dict[str, torch.Tensor]:
     """One member's random numbers for one step: noise z (n_critic + 1, B, latent) for the n_critic D updates
-    and the G update, fake labels drawn uniformly for a conditional GAN, and what the loss draws."""
+    and the G update, fake labels drawn uniformly for a conditional GAN, what the loss draws, and what the
+    augmentation draws."""
     draws = {"z": torch.randn(n_critic + 1, batch_size, latent_size, generator=gen, device=gen.device)}
     if num_classes:
         draws["y_fake"] = torch.randint(num_classes, (n_critic + 1, batch_size), generator=gen, device=gen.device)
-    return draws | loss.draw(n_critic, batch_size, gen)
+    return draws | loss.draw(n_critic, batch_size, gen) | augment.draw(n_critic, batch_size, gen)
 
 
 def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Tensor], *, batch_size: int,
-                latent_size: int, n_critic: int, num_classes: int, loss) -> dict[str, torch.Tensor]:
+                latent_size: int, n_critic: int, num_classes: int, loss, augment) -> dict[str, torch.Tensor]:
     """Step i of an epoch for every member: real (K, n_critic, B, ...) from each member's order (K, N), with
     labels y_real for a conditional GAN, and each member's draws stacked along K (see step.py)."""
     per_step = batch_size * n_critic
@@ -39,7 +40,7 @@ def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch
     inputs = {"real": data.x[idx]}
     if num_classes:
         inputs["y_real"] = data.y[idx]
-    draws = [member_draws(gen, batch_size, latent_size, n_critic, num_classes, loss) for gen in gens]
+    draws = [member_draws(gen, batch_size, latent_size, n_critic, num_classes, loss, augment) for gen in gens]
     return inputs | {name: stack([d[name] for d in draws]) for name in draws[0]}
 
 

@@ -131,8 +131,6 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
         raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
                         f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
     num_classes = classes_of(cfg, data)
-    if cfg.eval.enabled and data.x.dim() == 4 and data.y is None:
-        log.warning(f"{cfg.data.name} has no labels, so no feature network can be trained: metrics are skipped")
     k_max = len(jobs)
     if len(jobs) > 1:
         G, D = build_networks(cfg, data.shape, num_classes)
@@ -150,13 +148,13 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
 def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: torch.device,
                 stop_signals: tuple = STOP_SIGNALS) -> list[Member]:
     K = len(jobs)
-    nets, loss, step = build_stack([j.cfg for j in jobs], data, num_classes, device)
+    stack = build_stack([j.cfg for j in jobs], data, num_classes, device)
     members = [Member(j.cfg, j.run_dir, device, evaluable(j.cfg, data), own_log=j.own_log,
                       prefix=f"[{j.name}] " if j.own_log else "") for j in jobs]
     where, orders = Where(), None
     for k, job in enumerate(jobs):
         if job.ckpt is not None:  # every member of a stack resumes from the same point (plan.py)
-            nets.load_member(k, job.ckpt)
+            stack.nets.load_member(k, job.ckpt)
             members[k].restore(job.ckpt)
             where = Where(job.ckpt["epoch"], job.ckpt["step"], job.ckpt.get("position", 0))
             members[k].say(f"resumed from {user_path(job.cfg.resume)} at epoch {where.epoch}, step {where.step}"
@@ -165,5 +163,5 @@ def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: tor
         orders = torch.stack([job.ckpt["order"].to(device) for job in jobs])
     if K > 1:
         log.info(f"stack of {K} members: jobs {','.join(j.name for j in jobs)}")
-    fit(nets, step, loss, members, data, num_classes, where, orders, stop_signals)
+    fit(stack, members, data, num_classes, where, orders, stop_signals)
     return members

@@ -1,7 +1,7 @@
 """The training loop: K >= 1 members stepped together, each with its own data order and noise, log lines,
 metrics.csv, tracker, samples, checkpoints, evaluation and status, as its lone run would write them.
-A lone `gantrain train` is K = 1 of this loop. The loop sees the members through `nets` (plain modules
-or stacked parameters: it does not know which) and runs `step` (step.py) on their stacked inputs.
+A lone `gantrain train` is K = 1 of this loop. The loop sees the members through `stack.nets` (plain
+modules or stacked parameters: it does not know which) and runs `stack.step` (step.py) on their inputs.
 """
 import logging
 import shutil
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 
-from gantrain.engine.inputs import epoch_order, fixed_latents, step_inputs
+from gantrain.engine.inputs import epoch_order, fixed_latents
 from gantrain.engine.member import Member, Where
 from gantrain.engine.step import STATS
 from gantrain.evaluation.evaluate import evaluate_stack
@@ -53,7 +53,7 @@ def deferred_signals(signals: tuple = STOP_SIGNALS):
             signal.signal(s, handler)
 
 
-def fit(nets, step, loss, members: list[Member], data, num_classes: int, where: Where,
+def fit(stack, members: list[Member], data, num_classes: int, where: Where,
         orders: torch.Tensor | None = None, stop_signals: tuple = STOP_SIGNALS) -> None:
     """Train the members from `where` to their epochs (orders: each member's data order when resuming
     mid-epoch, (K, N)). A member whose loss goes NaN/Inf stops alone (on_nan=stop); one of stop_signals
@@ -62,8 +62,7 @@ def fit(nets, step, loss, members: list[Member], data, num_classes: int, where: 
     steps_per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)  # a last partial batch is dropped
     last_step = cfg.epochs * steps_per_epoch
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
-    shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic,
-                  num_classes=num_classes, loss=loss)
+    nets = stack.nets
     seconds, first_step = {"steps": 0.0, "samples, checkpoints, eval": 0.0}, where.step
     for m in members:
         m.say(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, {steps_per_epoch} "
@@ -78,8 +77,8 @@ def fit(nets, step, loss, members: list[Member], data, num_classes: int, where: 
                 steps = range(where.position, steps_per_epoch)
                 for i in tqdm(steps, initial=where.position, total=steps_per_epoch, leave=False, disable=not sys.stderr.isatty(),
                               desc=f"epoch {where.epoch + 1}/{cfg.epochs}"):
-                    inputs = step_inputs(data, orders, i, [m.gen for m in members], **shapes)
-                    history[:, i] = step(inputs, r1=loss.r1_due(where.step))
+                    inputs = stack.inputs(data, orders, i, [m.gen for m in members])
+                    history[:, i] = stack.step(inputs, r1=stack.loss.r1_due(where.step))
                     where.step, where.position = where.step + 1, i + 1
                     logging_now = [k for k, m in enumerate(members) if m.alive and (
                         where.step % m.cfg.log_every == 0 or where.step == last_step or caught)]

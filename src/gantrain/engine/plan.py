@@ -24,7 +24,7 @@ def stack_key(cfg, resumed_at: tuple | None = None) -> str:
     (epoch, step, position); members resume together only from the same point."""
     plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
              for k, v in cfg.items() if k not in ("hydra", *MEMBER_KEYS)}
-    for group in ("optim", "loss"):
+    for group in ("optim", "loss", "augment"):  # each says itself which of its keys may differ per member
         component = lookup(group, cfg[group].name)
         plain[group] = {"name": cfg[group].name, **component.stack_key(kwargs_of(cfg[group]))}
     plain["resumed_at"] = resumed_at

@@ -9,15 +9,17 @@ member (plain.py), stacked parameters under torch.func for many (stacked.py).
 import torch
 
 STATS = ("d_loss", "g_loss", "d_x", "d_g_z")  # what a step returns per member, in this order
-BATCH_KEYS = ("real", "z", "y_real", "y_fake")  # the rest of a step's inputs are the loss's random draws
+BATCH_KEYS = ("real", "z", "y_real", "y_fake", "augment")  # the rest of a step's inputs are the loss's draws
 
 
-def make_step(nets, loss, *, n_critic: int = 1, joint_d_pass: bool = False, precision: str = "fp32"):
+def make_step(nets, loss, augment=None, *, n_critic: int = 1, joint_d_pass: bool = False, precision: str = "fp32"):
     """One GAN step as a closure: step(inputs, r1=True) -> stats (K, 4) on the device, no host sync.
 
-    joint_d_pass runs D once over [real; fake]: the same maths summed in another order (weights differ
-    from two passes by float rounding only); never for a D with BatchNorm, whose statistics would mix.
-    r1=False leaves out the R1 penalty on this step (lazy R1: see losses.py).
+    augment (components/augment.py) changes what D sees: each real and fake batch of a D update and the
+    fake batch of the G update gets its own draws, inputs["augment"] (K, 2 n_critic + 1, B, ...); D's
+    penalties see D through it too. joint_d_pass runs D once over [real; fake]: the same maths summed in
+    another order (weights differ from two passes by float rounding only); never for a D with BatchNorm,
+    whose statistics would mix. r1=False leaves out the R1 penalty on this step (lazy R1: see losses.py).
     """
     # no cast cache: a CUDA graph capture cannot hold one, and these nets reuse no weight within a pass
     autocast = lambda: torch.autocast(nets.device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
@@ -26,7 +28,9 @@ def make_step(nets, loss, *, n_critic: int = 1, joint_d_pass: bool = False, prec
     at = lambda y, k: None if y is None else y[:, k]
 
     def step(inputs: dict[str, torch.Tensor], r1: bool = True) -> torch.Tensor:
-        real, z, y_real, y_fake = (inputs.get(key) for key in BATCH_KEYS)
+        real, z, y_real, y_fake, draws_of = (inputs.get(key) for key in BATCH_KEYS)
+        # what D sees of images x: the j-th augmentation of this step (real 2k, fake 2k + 1, G's fake 2 n_critic)
+        seen = (lambda x, j: x) if augment is None or not augment.active else (lambda x, j: augment(x, draws_of[:, j]))
         for k in range(n_critic):
             # ---------------------------------------------------------------- #
             # (1) update D: push D(x) up and D(G(z)) down. G is held fixed, so
@@ -36,14 +40,16 @@ def make_step(nets, loss, *, n_critic: int = 1, joint_d_pass: bool = False, prec
             with torch.no_grad(), autocast():
                 fake = nets.G(z[:, k], y_f)
             with autocast():
+                x_seen, fake_seen = seen(x, 2 * k), seen(fake.to(x.dtype), 2 * k + 1)
                 if joint_d_pass:
                     both_y = None if y is None else torch.cat([y, y_f], dim=1)
-                    real_logits, fake_logits = nets.D(torch.cat([x, fake.to(x.dtype)], dim=1), both_y).float().chunk(2, dim=1)
+                    real_logits, fake_logits = nets.D(torch.cat([x_seen, fake_seen], dim=1), both_y).float().chunk(2, dim=1)
                 else:
-                    real_logits, fake_logits = nets.D(x, y).float(), nets.D(fake, y_f).float()  # (K, B), (K, B)
+                    real_logits, fake_logits = nets.D(x_seen, y).float(), nets.D(fake_seen, y_f).float()  # (K, B), (K, B)
                 d_loss = loss.d_loss(real_logits, fake_logits)  # (K,)
                 draws = {name: value[:, k] for name, value in inputs.items() if name not in BATCH_KEYS}
-                penalty = loss.penalty(nets.D, x, fake, y, y_f, draws, r1)
+                D_seen = lambda images, labels: nets.D(seen(images, 2 * k), labels)
+                penalty = loss.penalty(D_seen, x, fake, y, y_f, draws, r1)
             nets.update_d(d_loss if penalty is None else d_loss + penalty)
 
         # ---------------------------------------------------------------- #
@@ -52,7 +58,7 @@ def make_step(nets, loss, *, n_critic: int = 1, joint_d_pass: bool = False, prec
         # ---------------------------------------------------------------- #
         y_g = at(y_fake, n_critic)
         with autocast():
-            g_loss = loss.g_loss(nets.D(nets.G(z[:, n_critic], y_g), y_g).float())
+            g_loss = loss.g_loss(nets.D(seen(nets.G(z[:, n_critic], y_g), 2 * n_critic), y_g).float())
         nets.update_g(g_loss)
         nets.update_ema()
 

@@ -20,8 +20,8 @@ REFERENCE_VERSION = 3  # bump when the real subset or its features change: old c
 
 
 def evaluable(cfg, data: TensorData) -> bool:
-    """Whether this run evaluates: eval.enabled, and data that has metrics (labelled images, 2D points)."""
-    return bool(cfg.eval.enabled) and not (data.x.dim() == 4 and data.y is None)
+    """Whether this run evaluates: eval.enabled (every image set has metrics; 2D points: ring8 and grid25)."""
+    return bool(cfg.eval.enabled) and (data.x.dim() == 4 or cfg.data.name in MIXTURES)
 
 
 def eval_latents(n: int, latent_size: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -80,15 +80,16 @@ def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, n
         with torch.no_grad():
             points = torch.cat(list(samples_in_chunks(sample, list(range(len(seeds))), latents, data.x.device)), dim=1)
         return [metrics.mixture_metrics(data_name, p, n_real=len(data)) for p in points]
-    net, accuracy = feature_net(data, data.x.device)  # trained once (with gradients), then cached
+    net, score, what = feature_net(data, data.x.device)  # trained once (with gradients), then cached
     with torch.no_grad():
-        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, accuracy)
+        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, score, what)
 
 
 def image_results(sample, data: TensorData, latent_size: int, num_classes: int, seeds: list[int], ns: list[int],
-                  net, accuracy: float) -> list[dict]:
-    """FD, KID, precision/recall and class coverage of each member, its samples featurised with the others'."""
-    classes, n_held = int(data.y.max()) + 1, len(split(len(data))[1])
+                  net, score: float, what: str) -> list[dict]:
+    """FD, KID, precision/recall and (labelled data) class coverage of each member, its samples featurised
+    with the others'."""
+    classes, n_held = (0 if data.y is None else int(data.y.max()) + 1), len(split(len(data))[1])
     results: list[dict] = [{} for _ in seeds]
     for n in sorted({min(n, len(data)) for n in ns}):  # members compared with as many real examples share a pass
         group = [j for j in range(len(seeds)) if min(ns[j], len(data)) == n]
@@ -96,8 +97,8 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
         feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
                            for x in samples_in_chunks(sample, group, latents, data.x.device)], dim=1)  # (M', n, F)
         for j, f in zip(group, feats):
-            out = metrics.image_metrics(real_reference(net, data, n), f, net.head(f), classes)
-            out["feature_net_accuracy"] = metrics.entry(accuracy, n_held, 0, note="held-out real data")
+            out = metrics.image_metrics(real_reference(net, data, n), f, net.logits(f), classes)
+            out["feature_net_accuracy"] = metrics.entry(score, n_held, 0, note=what)
             results[j] = out
     return results
 
@@ -115,7 +116,9 @@ def headline(results: dict, metric: str = "auto") -> float | None:
 
 
 def write_metrics(path: Path, results: dict, **context) -> None:
+    """metrics.json: the results (NaN and Inf as null, which JSON has) and what they are of."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean = {k: {kk: (None if isinstance(vv, float) and not math.isfinite(vv) else vv) for kk, vv in v.items()}
-             for k, v in results.items()}
-    path.write_text(json.dumps({**context, "metrics": clean}, indent=2) + "\n")
+    clean = lambda value: (None if isinstance(value, float) and not math.isfinite(value) else
+                           {k: clean(v) for k, v in value.items()} if isinstance(value, dict) else
+                           [clean(v) for v in value] if isinstance(value, list) else value)
+    path.write_text(json.dumps(clean({**context, **({"metrics": results} if results else {})}), indent=2) + "\n")

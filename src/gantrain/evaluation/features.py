@@ -1,13 +1,15 @@
-"""The feature network behind the image metrics: a small CNN classifier that gantrain trains itself.
+"""The feature network behind the image metrics, which gantrain trains itself.
 
 Inception weights cannot be downloaded offline, and an ImageNet network is a poor judge of 28x28 digits
-anyway; so, as in the GAN literature's MNIST evaluations, a classifier is trained on the data set's own
-labelled training split, once, and cached by the data's content hash. Its penultimate layer (128 units)
-gives the features for FD, KID and precision/recall; its predictions give class coverage.
+anyway; so, as in the GAN literature's MNIST evaluations, a small CNN classifier is trained on the data
+set's own labelled training split, once, and cached by the data's content hash. Its penultimate layer (128
+units) gives the features for FD, KID and precision/recall; its predictions give class coverage. Data
+without labels (an image folder) gets a contrastive encoder of the same shape instead (contrastive.py).
 """
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -16,32 +18,32 @@ from torch import nn
 
 from gantrain.outputs.checkpoint import atomic_save
 from gantrain.components.data import TensorData
-from gantrain.errors import UserError
+from gantrain.evaluation.contrastive import ContrastiveNet, train_contrastive
+from gantrain.evaluation.encoder import NUM_FEATURES, encoder
 
 log = logging.getLogger("gantrain")
-VERSION = 2  # bump when the network or its training changes: old cache entries are then ignored
+VERSION = 3  # bump when the classifier or its training changes: old cache entries are then ignored
+CONTRASTIVE_VERSION = 1  # the same for the contrastive encoder
 HELD_OUT = 0.2  # fraction of each data set held out to measure the classifier's accuracy
 EPOCHS, BATCH, LR = 10, 64, 3e-3  # with a one-cycle schedule (held-out accuracy: benchmarks/RESULTS.md)
 
 
 class FeatureNet(nn.Module):
-    """(B, C, H, W) in [-1, 1] -> features (B, 128); classify() -> logits (B, classes)."""
+    """(B, C, H, W) in [-1, 1] -> features (B, 128); logits(features) -> (B, classes)."""
 
-    num_features = 128  # torchmetrics reads this to size its statistics
+    num_features = NUM_FEATURES  # torchmetrics reads this to size its statistics
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(7), nn.Flatten(),  # 28x28 and 32x32 inputs both end as (32, 7, 7)
-            nn.Linear(32 * 7 * 7, self.num_features), nn.ReLU(),
-        )
+        self.body = encoder(channels)
         self.head = nn.Linear(self.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels-last: oneDNN's convolutions and max-pooling run about twice as fast on a CPU in it
         return self.body(x.float().contiguous(memory_format=torch.channels_last))
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self(x))
@@ -105,29 +107,39 @@ def train_feature_net(data: TensorData, device: torch.device) -> tuple[FeatureNe
 _loaded: dict[tuple, tuple] = {}  # this process's feature networks, by (data, device)
 
 
-def feature_net(data: TensorData, device: torch.device) -> tuple[FeatureNet, float]:
-    """The feature network for `data`, from the cache or trained now (and cached); plus its held-out accuracy."""
-    if data.y is None or data.x.dim() != 4:
-        raise UserError("image metrics need a labelled image data set to train the feature network on; "
-                        "this data set has no labels (e.g. data=folder): use a labelled one for eval")
+def feature_net(data: TensorData, device: torch.device) -> tuple[nn.Module, float, str]:
+    """The feature network for image data: a classifier for labelled data, a contrastive encoder trained by
+    self-supervision for unlabelled data (contrastive.py); from the cache, or trained now and cached. Also
+    its held-out score, and what that score is."""
     key = (content_hash(data), str(device))
     if key not in _loaded:
         _loaded[key] = load_or_train(data, device)
     return _loaded[key]
 
 
-def load_or_train(data: TensorData, device: torch.device) -> tuple[FeatureNet, float]:
-    path = cache_dir() / "features" / f"{content_hash(data)}-v{VERSION}.pt"
-    if path.exists():
+def load_or_train(data: TensorData, device: torch.device) -> tuple[nn.Module, float, str]:
+    labelled = data.y is not None
+    name = f"{content_hash(data)}-v{VERSION}.pt" if labelled else f"{content_hash(data)}-contrastive-v{CONTRASTIVE_VERSION}.pt"
+    path, what = cache_dir() / "features" / name, "held-out accuracy" if labelled else "held-out view matching"
+    try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        net = FeatureNet(data.x.shape[1], saved["num_classes"])
+        net = FeatureNet(data.x.shape[1], saved["num_classes"]) if labelled else ContrastiveNet(data.x.shape[1])
         net.load_state_dict(saved["state"])
-        log.info(f"feature network: cached {path.name}, held-out accuracy {saved['accuracy']:.4f}")
-        return net.to(device).eval().requires_grad_(False), saved["accuracy"]
-    log.info(f"feature network: training a classifier on {len(data)} labelled examples (once; cached in {path.parent})")
-    net, acc = train_feature_net(data, device)
-    num_classes = net.head.out_features
-    atomic_save(path, {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "accuracy": acc,
-                       "num_classes": num_classes, "version": VERSION})
-    log.info(f"feature network: held-out accuracy {acc:.4f} on {len(split(len(data))[1])} examples")
-    return net.requires_grad_(False), acc
+        log.info(f"feature network: cached {path.name}, {what} {saved['score']:.4f}")
+        return net.to(device).eval().requires_grad_(False), saved["score"], what
+    except Exception:  # not there yet, or unreadable: a cache entry is only ever recomputed
+        pass
+    start = time.perf_counter()
+    if labelled:
+        log.info(f"feature network: training a classifier on {len(data)} labelled examples (once; cached in {path.parent})")
+        net, score = train_feature_net(data, device)
+    else:
+        log.info(f"feature network: no labels, so training a contrastive encoder on {len(data)} images by "
+                 f"self-supervision (once; cached in {path.parent})")
+        train_idx, held_idx = (i.to(device) for i in split(len(data)))
+        net, score = train_contrastive(data.x.to(device)[train_idx], data.x.to(device)[held_idx])
+    atomic_save(path, {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "score": score,
+                       "num_classes": net.head.out_features if labelled else 0})
+    log.info(f"feature network: {what} {score:.4f} on {len(split(len(data))[1])} examples, trained in "
+             f"{time.perf_counter() - start:.0f} s")
+    return net.requires_grad_(False), score, what
