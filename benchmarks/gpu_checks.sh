@@ -52,7 +52,7 @@ stage "the ${members}-member reference sweep: 4 learning rates x $((members / 4)
 seeds=$(seq -s, 0 $((members / 4 - 1)))
 every=$(( epochs >= 20 ? ${EVERY:-20} : 1 ))  # samples and checkpoints every EVERY epochs of 200
 start=$SECONDS
-timeout "${SWEEP_LIMIT:-330}" python3 -m gantrain sweep "optim.lr=1e-4,2e-4,4e-4,8e-4" "seed=$seeds" data=mnist "data.root=$data" \
+timeout -k 20 "${SWEEP_LIMIT:-330}" python3 -m gantrain sweep "optim.lr=1e-4,2e-4,4e-4,8e-4" "seed=$seeds" data=mnist "data.root=$data" \
     "epochs=$epochs" "device=$device" "sample_every=$every" "ckpt_every=$every" "hydra.sweep.dir=$work/sweep" ${SET:-} ${SWEEP_SET:-} \
     > "$work/sweep.log" 2>&1
 echo "sweep wall time: $((SECONDS - start)) s (limit ${SWEEP_LIMIT:-330} s), started $(date -d "-$((SECONDS - start)) sec" +%T)"
