@@ -84,14 +84,14 @@ def view_matching(net: ContrastiveNet, x: torch.Tensor, gen: torch.Generator) ->
     return (a @ b.T).argmax(1).eq(torch.arange(len(x), device=x.device)).float().mean().item()
 
 
-def train_contrastive(x: torch.Tensor, held: torch.Tensor) -> tuple[ContrastiveNet, float]:
+def train_contrastive(x: torch.Tensor, held: torch.Tensor, steps: int = STEPS) -> tuple[ContrastiveNet, float]:
     """Train on the images x (N, C, H, W); returns the net and its view matching on the held-out images."""
     gen = torch.Generator(x.device).manual_seed(0)
     torch.manual_seed(0)
     net = ContrastiveNet(x.shape[1]).to(x.device)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     batch = min(BATCH, len(x))
-    for _ in range(STEPS):
+    for _ in range(steps):
         idx = torch.randint(len(x), (batch,), generator=gen, device=x.device)
         loss = nt_xent(net.project(torch.cat([view(x[idx], gen), view(x[idx], gen)])))
         opt.zero_grad(set_to_none=True)
