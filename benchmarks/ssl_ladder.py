@@ -5,9 +5,10 @@
 
 For each image size and number of contrastive training steps: trains the encoder exactly as `data=folder`
 runs get it (evaluation/contrastive.py, on the training split), then compares the second half of the folder
-with the first half through it: FD for the real split, lightly noised (+0.1 std), blurred (5x5, sigma 1.5),
-collapsed (one image repeated) and uniform noise, which must come out in that order, and recall of the real
-split and the collapsed set. Prints the training time and whether the ladder holds.
+with the first half through it: FD for the real split, lightly noised (+0.1 std), blurred (5x5, sigma 1.5
+at 32x32, scaled with the size), collapsed (one image repeated) and uniform noise, which must come out in
+that order, and recall of the real split and the collapsed set. Prints the training time and whether the
+ladder holds.
 """
 import argparse
 import time
@@ -25,7 +26,9 @@ RUNGS = ["real split", "lightly noised", "blurred", "collapsed", "uniform noise"
 
 def ladder(x: torch.Tensor) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    rungs = [x, (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1), gaussian_blur(x, 5, 1.5),
+    scale = x.shape[-1] / 32  # the same blur relative to the image at every size: 5x5, sigma 1.5 at 32x32
+    rungs = [x, (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1),
+             gaussian_blur(x, int(5 * scale) | 1, 1.5 * scale),
              x[:1].expand_as(x), torch.rand(x.shape, generator=g) * 2 - 1]
     return dict(zip(RUNGS, rungs))
 
@@ -56,7 +59,7 @@ def main() -> None:
                            for name, x in ladder(data.x[half:]).items()}
             fds = [r["fd"]["value"] for r in results.values()]
             recall = [results[name]["recall"]["value"] for name in ("real split", "collapsed")]
-            print(f"| {size} | {steps} | {seconds:.1f} s | {score:.2f} | " + " / ".join(f"{v:.1f}" for v in fds)
+            print(f"| {size} | {steps} | {seconds:.1f} s | {score:.2f} | " + " / ".join(f"{v:.2f}" for v in fds)
                   + f" | {recall[0]:.2f} / {recall[1]:.2f} | {'holds' if fds == sorted(fds) else 'BROKEN'} |",
                   flush=True)
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 BENCH = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -28,3 +30,22 @@ def test_modes_benchmark_runs_a_preset_alone_and_as_a_stack(tmp_path):
     assert "ring8 seed 1: modes" in alone and "PacGAN2" in alone and "one run at a time" in alone
     rows = lambda out: [line for line in out.splitlines() if line.startswith("ring8 seed")]
     assert rows(stacked) == rows(alone) and "as one stack" in stacked  # the same modes, HQ and KL to 3 decimals
+
+
+def test_quality_benchmark_tabulates_seeds_and_copies_a_grid(tmp_path):
+    out = run("quality.py", "--presets", "reference_mnist", "--seeds", "2", "--grids", str(tmp_path),
+              "--set", "epochs=1", "hidden_size=16", "eval.n=200")
+    assert "reference_mnist seed 1: fd" in out
+    row = next(line for line in out.splitlines() if line.startswith("| `reference_mnist`"))
+    assert row.count("±") == 7 and "2 (200 real, 200 fake)" in row  # six metrics and the wall time, over 2 seeds
+    with Image.open(tmp_path / "reference_mnist.png") as grid:
+        assert grid.size[0] > 8 * 28  # 64 digits with padding
+
+
+def test_ssl_ladder_benchmark_prints_the_ladder(tmp_path):
+    from conftest import write_photo_folder
+
+    root = write_photo_folder(tmp_path / "photos", 40, side=32)
+    out = run("ssl_ladder.py", "--root", str(root), "--sizes", "32", "--steps", "3")
+    row = next(line for line in out.splitlines() if line.startswith("| 32 | 3 |"))
+    assert len(row.split("|")[5].split("/")) == 5 and row.rstrip().endswith(("holds |", "BROKEN |"))
