@@ -11,12 +11,12 @@ evaluations of a run or a sweep do.
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_train import write_mnist_idx  # beside this script, which Python puts first on the path
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
@@ -44,9 +44,6 @@ def main() -> None:
     with initialize_config_module("gantrain.conf", version_base=None):
         cfgs = [compose("train", overrides=[f"seed={k}", "device=cpu"]) for k in range(args.members)]
     if args.data == "mnist60k":
-        sys.path.insert(0, str(Path(__file__).parent))
-        from bench_train import write_mnist_idx
-
         root = Path(tempfile.mkdtemp(prefix="gantrain-bench-eval-data-"))
         write_mnist_idx(root, 60_000)
         data, name = load_data("mnist", root=str(root)), "mnist"
@@ -73,7 +70,7 @@ def main() -> None:
     reference = evaluate.real_reference(net, data, n)
     with torch.no_grad():
         t_sample, fake = timed(lambda: torch.cat([lone.sample(c[None], None, [0])[0] for c in z.split(evaluate.CHUNK)]))
-        t_feats, feats = timed(lambda: torch.cat([net(c) for c in fake.split(evaluate.CHUNK)]))
+        t_feats, feats = timed(lambda: evaluate.features(net, fake))
         t_fd, _ = timed(lambda: metrics.fd_and_kid(reference.feats, feats))
         t_pr, _ = timed(lambda: metrics.precision_recall(reference, feats))
         t_cov, _ = timed(lambda: metrics.class_coverage(net.head(feats), 10, n))

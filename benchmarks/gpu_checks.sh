@@ -41,9 +41,8 @@ skip bench_sweep || { python3 benchmarks/bench_sweep.py --device "$device" --mem
 
 # 60,000 MNIST-format images tiled from the bundled 5,000: the reference workload's size (600 steps an epoch)
 data="$work/mnist60k"
-[ -d "$data" ] || python3 -c "
-import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks')
-from bench_train import write_mnist_idx; write_mnist_idx(Path('$data'), 60000)"
+[ -d "$data" ] || PYTHONPATH=benchmarks python3 -c "
+from pathlib import Path; from bench_train import write_mnist_idx; write_mnist_idx(Path('$data'), 60000)"
 epochs=200
 if [ "$(python3 -c "print(int(float('${rate:-0}') < ${MIN_RATE:-400}))")" = 1 ]; then
     epochs=2  # 120,000 steps at under MIN_RATE batched steps/s would not end in time

@@ -18,6 +18,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from gantrain.components.data import load_data
 from gantrain.evaluation import contrastive, metrics
+from gantrain.evaluation.evaluate import features
 from gantrain.evaluation.features import split
 
 
@@ -53,9 +54,8 @@ def main() -> None:
             net, score = contrastive.train_contrastive(data.x[train_idx], data.x[held_idx], steps)
             seconds = time.perf_counter() - start
             with torch.no_grad():
-                feats = lambda x: torch.cat([net(chunk) for chunk in x.split(500)])
-                reference = metrics.real_reference(feats(data.x[:half]))
-                results = {name: metrics.image_metrics(reference, feats(x), None, 0)
+                reference = metrics.real_reference(features(net, data.x[:half]))
+                results = {name: metrics.image_metrics(reference, features(net, x), None, 0)
                            for name, x in ladder(data.x[half:]).items()}
             fds = [r["fd"]["value"] for r in results.values()]
             recall = [results[name]["recall"]["value"] for name in ("real split", "collapsed")]
