@@ -1,13 +1,12 @@
 """gantrain eval: metrics of checkpoints' generators against their data set, both rebuilt from the checkpoints.
 Several checkpoints (a list, or a run or sweep dir) get one table, a row each, all compared with the same
 real examples through the same feature network, from the same latents (evaluate.py), so the rows compare."""
-import csv
 import logging
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gantrain.commands.tables import as_table, console, write_csv
 from gantrain.components.data import load_data
 from gantrain.config import is_int, kwargs_of, pick_device, stored_config, user_path
 from gantrain.engine.build import generator_from_checkpoint
@@ -48,16 +47,7 @@ def evaluate_checkpoint(path: Path, cfg: DictConfig, device) -> tuple[dict, dict
 
 
 def print_table(rows: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(column, justify="left" if column in ("metric", "checkpoint", "note") else "right",
-                         no_wrap=not sys.stdout.isatty())
-    for row in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
+    console().print(as_table(rows, title, left=("metric", "checkpoint", "note")))
 
 
 def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -90,9 +80,7 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
     write_metrics(out / "metrics.json", {}, checkpoints=[{"checkpoint": str(p), "epoch": c["epoch"], "step": c["step"],
                                                            "metrics": r} for p, (r, c, _) in zip(paths, evaluated)])
     with open(out / "eval.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv(rows, f)
     print_table(rows, f"{len(rows)} checkpoints on {evaluated[0][2].data.name}, each against the same "
                       f"{first['n_real']} real examples and {first['n_fake']} samples from the same latents")
     log.info(f"wrote {out / 'metrics.json'} and {out / 'eval.csv'}")

@@ -1,6 +1,5 @@
 """gantrain report PATH: one row per job of a run or sweep dir, sorted by a metric; report.csv and report.png."""
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -8,8 +7,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gantrain.outputs.curves import pyplot, read_metrics
+from gantrain.commands.tables import as_table, console, fmt, write_csv
 from gantrain.errors import UserError
+from gantrain.outputs.curves import pyplot, read_metrics
 from gantrain.outputs.status import job_overrides, read_status
 
 HIGHER_IS_BETTER = {"precision", "recall", "classes_covered", "modes", "hq_percent", "feature_net_accuracy"}
@@ -82,10 +82,6 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2g}"
 
 
-def fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def plot(jobs: list[Job], swept: list[str], metric: str | None, path: Path) -> None:
     """Left: the metric against each swept hyperparameter. Right: every job's g_loss curve."""
     plt = pyplot()
@@ -133,31 +129,12 @@ def summary_rows(jobs: list[Job], swept: list[str], metric_names: list[str]) -> 
             for key, members in seed_groups(jobs, swept).items()]
 
 
-def as_table(rows_: list[dict], title: str, terminal: bool):
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in rows_[0]:
-        table.add_column(column, no_wrap=not terminal)  # piped: every value whole, however wide the table gets
-    for row in rows_:
-        table.add_row(*(fmt(v) for v in row.values()))
-    return table
-
-
 def as_markdown(rows_: list[dict]) -> str:
     lines = ["| " + " | ".join(rows_[0]) + " |", "|" + "---|" * len(rows_[0])]
     return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row.values()) + " |" for row in rows_])
 
 
-def write_csv(rows_: list[dict], f) -> None:
-    writer = csv.DictWriter(f, fieldnames=list(rows_[0]))
-    writer.writeheader()
-    writer.writerows(rows_)
-
-
 def report_command(argv: list[str]) -> int:
-    from rich.console import Console
-
     parser = argparse.ArgumentParser(prog="gantrain report", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="a run dir or a multirun (sweep) dir")
     parser.add_argument("--metric", default=None, help="sort by this eval metric (default: fd, else modes)")
@@ -178,12 +155,11 @@ def report_command(argv: list[str]) -> int:
     swept = swept_keys(jobs)
     table_rows, summary = rows(jobs, swept, metric_names), summary_rows(jobs, swept, metric_names)
     title = f"{path}: {len(jobs)} job(s)" + (f", sorted by {metric}" if metric else "")
-    terminal = sys.stdout.isatty()
-    if args.format == "table":  # off a terminal rich would cut every column to fit 80: let the table be wide
-        console = Console() if terminal else Console(width=100_000)
-        console.print(as_table(table_rows, title, terminal))
+    if args.format == "table":
+        out = console()
+        out.print(as_table(table_rows, title))
         if summary:
-            console.print(as_table(summary, "mean ± std over seeds", terminal))
+            out.print(as_table(summary, "mean ± std over seeds"))
     elif args.format == "markdown":
         print(f"**{title}**\n\n{as_markdown(table_rows)}" + (f"\n\n**mean ± std over seeds**\n\n{as_markdown(summary)}" if summary else ""))
     elif args.format == "csv":
