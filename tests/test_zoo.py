@@ -1,5 +1,4 @@
 """The zoo: every network x loss trains, penalties and EMA match their formulas, every loader reads its format."""
-import copy
 import pickle
 from importlib.resources import files
 

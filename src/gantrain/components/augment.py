@@ -10,7 +10,6 @@ scales every op's magnitude (1 = the paper's; 0 = the identity); it is a member 
 Images are (K, B, C, H, W) in [-1, 1]; colour ops are clamped back to that range.
 """
 import torch
-import torch.nn.functional as F
 
 from gantrain.components.registry import register
 from gantrain.errors import UserError

@@ -31,7 +31,7 @@ def member_draws(gen: torch.Generator, batch_size: int, latent_size: int, n_crit
     return draws | loss.draw(n_critic, batch_size, gen) | augment.draw(n_critic, batch_size, gen)
 
 
-def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Tensor], *, batch_size: int,
+def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Generator], *, batch_size: int,
                 latent_size: int, n_critic: int, num_classes: int, loss, augment) -> dict[str, torch.Tensor]:
     """Step i of an epoch for every member: real (K, n_critic, B, ...) from each member's order (K, N), with
     labels y_real for a conditional GAN, and each member's draws stacked along K (see step.py)."""

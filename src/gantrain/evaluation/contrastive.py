@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gantrain.evaluation.encoder import NUM_FEATURES, encoder
+from gantrain.evaluation.encoder import NUM_FEATURES, EncoderNet
 
 log = logging.getLogger("gantrain")
 # A short training, on purpose: contrastive training makes the features invariant to colour and crop, and
@@ -20,18 +20,12 @@ log = logging.getLogger("gantrain")
 STEPS, BATCH, LR, TEMPERATURE = 100, 256, 1e-3, 0.2  # SimCLR's temperature for small batches
 
 
-class ContrastiveNet(nn.Module):
+class ContrastiveNet(EncoderNet):
     """(B, C, H, W) in [-1, 1] -> features (B, 128); project() -> the contrastive loss's embedding (B, 64)."""
 
-    num_features = NUM_FEATURES  # torchmetrics reads this to size its statistics
-
     def __init__(self, channels: int):
-        super().__init__()
-        self.body = encoder(channels)
+        super().__init__(channels)
         self.projection = nn.Sequential(nn.Linear(NUM_FEATURES, NUM_FEATURES), nn.ReLU(), nn.Linear(NUM_FEATURES, 64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.float().contiguous(memory_format=torch.channels_last))
 
     def logits(self, feats: torch.Tensor) -> None:
         return None  # no classes: no class coverage

@@ -45,7 +45,7 @@ def features(net, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(chunk) for chunk in x.split(CHUNK)])
 
 
-_references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, n, seed)
+_references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, n)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import nn
 from gantrain.outputs.checkpoint import atomic_save
 from gantrain.components.data import TensorData
 from gantrain.evaluation.contrastive import ContrastiveNet, train_contrastive
-from gantrain.evaluation.encoder import NUM_FEATURES, encoder
+from gantrain.evaluation.encoder import EncoderNet
 
 log = logging.getLogger("gantrain")
 VERSION = 3  # bump when the classifier or its training changes: old cache entries are then ignored
@@ -28,19 +28,12 @@ HELD_OUT = 0.2  # fraction of each data set held out to measure the classifier's
 EPOCHS, BATCH, LR = 10, 64, 3e-3  # with a one-cycle schedule (held-out accuracy: benchmarks/RESULTS.md)
 
 
-class FeatureNet(nn.Module):
+class FeatureNet(EncoderNet):
     """(B, C, H, W) in [-1, 1] -> features (B, 128); logits(features) -> (B, classes)."""
 
-    num_features = NUM_FEATURES  # torchmetrics reads this to size its statistics
-
     def __init__(self, channels: int, num_classes: int):
-        super().__init__()
-        self.body = encoder(channels)
+        super().__init__(channels)
         self.head = nn.Linear(self.num_features, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last: oneDNN's convolutions and max-pooling run about twice as fast on a CPU in it
-        return self.body(x.float().contiguous(memory_format=torch.channels_last))
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(feats)
