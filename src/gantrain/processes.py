@@ -1,5 +1,5 @@
 """Work in worker processes: many small independent pieces of pure-Python work (composing configs, drawing
-plots) in a pool, and the logging a worker sets up for itself.
+plots) in a pool, and the logging a worker (or a stack's members) sets up for itself.
 
 Spawned, not forked (a parent holding CUDA or threads must not fork); the workers import only the module of
 the function they run, so that module must not import torch if they are to start in under a second.
@@ -34,3 +34,10 @@ def console_logging() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def log_file(path) -> logging.FileHandler:
+    """A handler writing timestamped lines to `path` (a stack member's train.log, a sweep's sweep.log)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    return handler

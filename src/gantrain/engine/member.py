@@ -14,6 +14,7 @@ from gantrain.evaluation.evaluate import headline, write_metrics
 from gantrain.outputs import artifacts
 from gantrain.outputs.checkpoint import rng_state, save_checkpoint, set_rng_state
 from gantrain.outputs.tracking import open_tracker
+from gantrain.processes import log_file
 
 log = logging.getLogger("gantrain")
 
@@ -46,9 +47,7 @@ class Member:
         self.file_log = None
         if own_log:
             self.file_log = logging.Logger(f"gantrain.member.{run_dir}")  # outside the hierarchy: this file only
-            handler = logging.FileHandler(run_dir / "train.log")
-            handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
-            self.file_log.addHandler(handler)
+            self.file_log.addHandler(log_file(run_dir / "train.log"))
 
     def say(self, message: str, level: int = logging.INFO) -> None:
         """A line on the console (and in the run's train.log)."""

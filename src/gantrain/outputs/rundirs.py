@@ -14,6 +14,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from gantrain.errors import UserError, os_error_line
+from gantrain.outputs.status import pid_alive
 
 CLAIM = ".gantrain-claim"  # who claimed the dir: pid, host, time, command line
 
@@ -43,23 +44,14 @@ def holder(run_dir: Path) -> str:
         " (still running)" if alive else "")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim(run_dir: Path, what: str = "hydra.run.dir") -> None:
-    """Make run_dir this run's, atomically; a dir that holds another run (its claim, its .hydra/ or a
-    checkpoint) is refused with one line and left as it is."""
+    """Make run_dir this run's, atomically; a dir that holds another run (its claim, or the .hydra/ of a run
+    from before claims) is refused with one line and left as it is. (A checkpoint without either is refused
+    later, by engine/jobs.prepare.)"""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / ".hydra").exists() and not (run_dir / CLAIM).exists():
-        raise UserError(f"{run_dir} already holds {holder(run_dir)}; choose another {what} or delete that folder")
     try:
+        if (run_dir / ".hydra").exists() and not (run_dir / CLAIM).exists():
+            raise FileExistsError  # held, by a run that made no claim
         fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
         raise UserError(f"{run_dir} already holds {holder(run_dir)}; choose another {what} or delete that "

@@ -50,15 +50,20 @@ def read_status(run_dir: Path) -> dict:
     return status
 
 
+def pid_alive(pid) -> bool:
+    """Whether process `pid` of this host still exists (one we may not signal, or an unreadable pid, counts)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        pass
+    return True
+
+
 def alive(status: dict) -> bool:
     if status.get("host") == socket.gethostname():
-        try:
-            os.kill(int(status.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError, OverflowError):
-            pass
-        return True
+        return pid_alive(status.get("pid", -1))
     return time.time() - status.get("heartbeat", time.time()) < 4 * HEARTBEAT
 
 

@@ -76,7 +76,7 @@ class StackedLauncher(Launcher):
         from gantrain.engine.executors import launch_stacks  # torch: only once a sweep launches
         from gantrain.errors import UserError
         from gantrain.outputs.status import read_status
-        from gantrain.processes import console_logging
+        from gantrain.processes import console_logging, log_file
 
         setup_globals()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -89,9 +89,8 @@ class StackedLauncher(Launcher):
             returns.append(run_job(hydra_context=self.hydra_context, task_function=job_of, config=sweep_config,
                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
         console_logging()  # the members write their own train.log; the console and sweep.log show them all
-        log_file = logging.FileHandler(sweep_dir / "sweep.log")
-        log_file.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
-        logging.getLogger().addHandler(log_file)
+        sweep_log = log_file(sweep_dir / "sweep.log")
+        logging.getLogger().addHandler(sweep_log)
         try:
             jobs = [ret.return_value for ret in returns]
             logging.getLogger("gantrain").info(f"sweep: {len(jobs)} jobs in {sweep_dir}")
@@ -101,8 +100,8 @@ class StackedLauncher(Launcher):
             launch_stacks(jobs, settings["executor"], settings["max_members"], slurm, settings["submitit_folder"],
                           settings["max_num_timeout"])
         finally:
-            logging.getLogger().removeHandler(log_file)
-            log_file.close()
+            logging.getLogger().removeHandler(sweep_log)
+            sweep_log.close()
         statuses = [read_status(job.run_dir) for job in jobs]
         for ret, status in zip(returns, statuses):  # a failed job returns None, as `gantrain train` does in a sweep
             ret.return_value, ret.status = status.get("metric"), JobStatus.COMPLETED
