@@ -14,10 +14,6 @@ import torch
 from gantrain.components.registry import register
 from gantrain.errors import UserError
 
-# per op: the uniform draws it takes per image
-DRAWS = {"color": 3, "translation": 2, "cutout": 2}
-
-
 class Augment:
     """Base: what every augmentation says of itself to the stacked engine."""
 
@@ -49,12 +45,12 @@ class DiffAugment(Augment):
 
     def __init__(self, policy=("color", "translation", "cutout"), strength=1.0):
         self.ops = list(policy)
-        unknown = [op for op in self.ops if op not in DRAWS]
+        unknown = [op for op in self.ops if op not in OPS]
         if unknown or not self.ops:
             raise UserError(f"augment.policy: unknown op {unknown[0] if unknown else '(none)'!r}; use a list of "
-                            f"{', '.join(DRAWS)}, e.g. augment.policy=[color,translation,cutout]")
+                            f"{', '.join(OPS)}, e.g. augment.policy=[color,translation,cutout]")
         self.strength = strength  # a number, or (K,) for a stack
-        self.width = sum(DRAWS[op] for op in self.ops)
+        self.width = sum(OPS[op][1] for op in self.ops)
 
     def draw(self, n_critic: int, batch_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Uniform draws for every image D sees in one step: real and fake in each D update, fake in the G
@@ -68,8 +64,9 @@ class DiffAugment(Augment):
         x, u = x.flatten(0, 1), u.flatten(0, 1)  # (K B, C, H, W), (K B, width); s (K B,)
         column = 0
         for op in self.ops:
-            x = OPS[op](x, u[:, column:column + DRAWS[op]], s)
-            column += DRAWS[op]
+            fn, draws = OPS[op]
+            x = fn(x, u[:, column:column + draws], s)
+            column += draws
         return x.view(K, B, *x.shape[1:])
 
 
@@ -110,4 +107,4 @@ def cutout(x, u, s, ratio: float = 0.5):
     return x * ~(masks[0] & masks[1])
 
 
-OPS = {"color": color, "translation": translation, "cutout": cutout}
+OPS = {"color": (color, 3), "translation": (translation, 2), "cutout": (cutout, 2)}  # op: (fn, uniform draws per image)

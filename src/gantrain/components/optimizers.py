@@ -40,6 +40,14 @@ def compiled(fn):
     return call
 
 
+def gradient(p: torch.Tensor, grads: list[torch.Tensor], a: dict) -> torch.Tensor:
+    """What every stacked update starts from: the (K, N) gradient (compiled, the concatenation is read inside
+    the update's kernel, never written), negated to maximise, plus L2 weight decay (wd None: none)."""
+    g = torch.cat(grads, dim=1)
+    g = -g if a["maximize"] else g
+    return g if a["wd"] is None else g + a["wd"] * p
+
+
 class StackedOptimizer:
     """Base of the stacked optimizers. `flat` is one network's (K, N) parameters; `split` cuts a (K, N)
     tensor into one (K, *shape) view per parameter and `flatten` turns per-parameter gradients into (K, n)
@@ -101,11 +109,10 @@ class StackedOptimizer:
     def __init__(self, flat: torch.Tensor, split, flatten, members: list[dict], compile: bool = False):
         s = [self.settings(m) for m in members]
         self.flat, self.split, self.flatten, self.flags = flat, split, flatten, s[0]
-        f64 = lambda key: torch.tensor([[float(m[key])] for m in s], dtype=torch.float64, device=flat.device)
-        self.hyper = {key: f64(key) for key in self.member_keys if key != "betas"}
+        f64 = lambda values: torch.tensor([[float(v)] for v in values], dtype=torch.float64, device=flat.device)
+        self.hyper = {key: f64(m[key] for m in s) for key in self.member_keys if key != "betas"}  # (K, 1) each
         if "betas" in self.member_keys:
-            self.hyper |= {"beta1": torch.tensor([[float(m["betas"][0])] for m in s], dtype=torch.float64, device=flat.device),
-                           "beta2": torch.tensor([[float(m["betas"][1])] for m in s], dtype=torch.float64, device=flat.device)}
+            self.hyper |= {f"beta{i + 1}": f64(m["betas"][i] for m in s) for i in (0, 1)}
         self.nonzero = {k: bool((v != 0).any()) for k, v in self.hyper.items()}  # decided once: no host sync later
         self.state = {name: torch.zeros_like(flat) for name in self.state_names()}  # (K, N) each
         self.t = torch.zeros(len(members), 1, dtype=torch.float64, device=flat.device)  # each member's steps
@@ -191,12 +198,9 @@ class Adam(StackedOptimizer):
     def update(p, grads, state, a):
         """torch.optim.Adam on (K, N) tensors: g (+ wd p); m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2);
         p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps); AMSGrad divides by the largest v so far."""
-        g = torch.cat(grads, dim=1)  # compiled, the concatenation is read inside the update's kernel, never written
-        g = -g if a["maximize"] else g
+        g = gradient(p, grads, a)  # wd is None when the decay is decoupled, so g does not read p below
         if a["decay"] is not None:
             p.mul_(a["decay"])  # decoupled weight decay (AdamW): p <- p (1 - lr wd)
-        if a["wd"] is not None:
-            g = g + a["wd"] * p
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m.lerp_(g, a["w1"])
         v.lerp_(g.square(), a["w2"])
@@ -241,10 +245,7 @@ class SGD(StackedOptimizer):
     def update(p, grads, state, a):
         """torch.optim.SGD: g (+ wd p); buf <- g on the first step, else momentum buf + (1 - dampening) g;
         g <- g + momentum buf (Nesterov) or buf; p -= lr g."""
-        g = torch.cat(grads, dim=1)
-        g = -g if a["maximize"] else g
-        if a["wd"] is not None:
-            g = g + a["wd"] * p
+        g = gradient(p, grads, a)
         if "momentum_buffer" in state:
             buf = state["momentum_buffer"]
             buf.copy_(torch.where(a["first"], g, buf * a["momentum"] + a["keep"] * g))
@@ -277,10 +278,7 @@ class RMSprop(StackedOptimizer):
     def update(p, grads, state, a):
         """torch.optim.RMSprop: g (+ wd p); s <- alpha s + (1 - alpha) g^2 (centred: less the squared mean
         gradient); p -= lr g / (sqrt(s) + eps), through a momentum buffer when momentum > 0."""
-        g = torch.cat(grads, dim=1)
-        g = -g if a["maximize"] else g
-        if a["wd"] is not None:
-            g = g + a["wd"] * p
+        g = gradient(p, grads, a)
         square_avg = state["square_avg"]
         square_avg.mul_(a["alpha"]).addcmul_(g, g * (1 - a["alpha"]))
         if "grad_avg" in state:
