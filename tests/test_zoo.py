@@ -11,6 +11,7 @@ from torch import nn
 
 from conftest import Evil, tiny_images, write_idx
 from gantrain.outputs.checkpoint import load_checkpoint
+from gantrain.commands.listing import experiment_presets
 from gantrain.components.data import TensorData, load_data
 from gantrain.errors import UserError
 from gantrain.components.layers import SNConv2d, SNLinear, SpectralNorm
@@ -281,15 +282,15 @@ def test_conditional_sampling_gives_the_requested_class(cfg, tmp_path, two_blobs
     cfg.epochs, cfg.batch_size, cfg.hidden_size, cfg.latent_size, cfg.optim.lr = 25, 50, 32, 4, 1e-3  # 1,000 steps
     train(cfg, tmp_path, [])
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    G, latent = generator_from_checkpoint(ckpt, "last.pt", "auto", torch.device("cpu"))
+    G, saved = generator_from_checkpoint(ckpt, "last.pt", "auto", torch.device("cpu"))
+    latent = saved.latent_size
     with torch.no_grad():
         for label, side in ((0, -1), (1, 1)):
             x = G(torch.randn(500, latent), torch.full((500,), label))
             assert (torch.sign(x[:, 0]) == side).float().mean() > 0.95, (label, x.mean(0))
 
 
-PRESETS = sorted(f.name.removesuffix(".yaml") for f in files("gantrain.conf").joinpath("experiment").iterdir()
-                 if f.name.endswith(".yaml"))  # every preset shipped, so a new one is tested without listing it
+PRESETS = list(experiment_presets())  # every preset shipped (as gantrain list finds them): none goes untested
 
 
 @pytest.mark.parametrize("preset", PRESETS)

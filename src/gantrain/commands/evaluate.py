@@ -8,7 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gantrain.commands.tables import as_table, console, write_csv
 from gantrain.components.data import load_data
-from gantrain.config import is_int, kwargs_of, pick_device, stored_config, user_path
+from gantrain.config import is_int, kwargs_of, pick_device, user_path
 from gantrain.engine.build import generator_from_checkpoint
 from gantrain.errors import UserError
 from gantrain.evaluation.evaluate import evaluate_stack, headline, write_metrics
@@ -36,11 +36,10 @@ def checkpoints_of(ckpt) -> list[Path]:
 
 def evaluate_checkpoint(path: Path, cfg: DictConfig, device) -> tuple[dict, dict, DictConfig]:
     ckpt = load_checkpoint(path)
-    G, latent_size = generator_from_checkpoint(ckpt, path, cfg.ema, device)
-    saved = stored_config(ckpt, path)
+    G, saved = generator_from_checkpoint(ckpt, path, cfg.ema, device)
     data = load_data(saved.data.name, **kwargs_of(saved.data, paths=("root",))).to(device)
     sample = lambda z, y, members: G(z[0], None if y is None else y[0]).unsqueeze(0)  # one generator: K = 1
-    results = evaluate_stack(sample, data, saved.data.name, latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n])[0]
+    results = evaluate_stack(sample, data, saved.data.name, saved.latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n])[0]
     if not results:
         raise UserError(f"no metrics for data set {saved.data.name} ({path}): eval covers image sets and ring8/grid25")
     return results, ckpt, saved

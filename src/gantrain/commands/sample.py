@@ -66,7 +66,8 @@ def sample(cfg: DictConfig, run_dir: Path) -> None:
     check_sample_config(cfg)
     ckpt = load_checkpoint(user_path(cfg.ckpt))
     device = pick_device(cfg.device)
-    G, latent_size = generator_from_checkpoint(ckpt, user_path(cfg.ckpt), cfg.ema, device)
+    G, saved = generator_from_checkpoint(ckpt, user_path(cfg.ckpt), cfg.ema, device)
+    latent_size = saved.latent_size
     out = user_path(cfg.out) if cfg.out else run_dir
     files = planned_files(cfg, out)
     existing = [f for f in files if f.exists()]

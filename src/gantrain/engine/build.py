@@ -4,6 +4,7 @@ the optimizers and the step. One member gets plain modules (plain.py), several g
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 
 from gantrain.components.data import TensorData
 from gantrain.components.registry import lookup
@@ -116,12 +117,12 @@ def build_stack(configs: list, data: TensorData, num_classes: int, device: torch
     return Stack(members, loss, augment, graphed(step) if graph else step, shapes)
 
 
-def generator_from_checkpoint(ckpt: dict, path, use_ema, device: torch.device) -> tuple[torch.nn.Module, int]:
-    """G rebuilt from a checkpoint's own config, with its (EMA) weights, in eval mode; also the latent size."""
+def generator_from_checkpoint(ckpt: dict, path, use_ema, device: torch.device) -> tuple[torch.nn.Module, DictConfig]:
+    """G rebuilt from a checkpoint's own config, with its (EMA) weights, in eval mode; also that config."""
     saved = stored_config(ckpt, path)
     G, _ = build_networks(saved, tuple(ckpt["data_shape"]), ckpt.get("num_classes", 0))
     has_ema = ckpt.get("G_ema") is not None
     if use_ema is True and not has_ema:
         raise UserError("ema=true but this checkpoint has no EMA weights (trained with ema_decay off); use ema=auto")
     load_weights(G, ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"])
-    return G.to(device).eval(), saved.latent_size
+    return G.to(device).eval(), saved

@@ -45,19 +45,21 @@ def prepare(job: Job, multirun: bool) -> bool:
     (resume=auto adopted its results and marked it done)."""
     if (job.run_dir / "checkpoints" / "last.pt").exists():
         raise UserError(f"{job.run_dir} already holds a run's checkpoint; choose another run dir (hydra.run.dir)")
+    ckpt = None
     if job.cfg.resume == "auto":
-        done, score = auto_resume(job.cfg, job.run_dir, job.overrides, multirun)
+        done, score, ckpt = auto_resume(job.cfg, job.run_dir, job.overrides, multirun)
         if done:
             write_status(job.run_dir, "done", **({} if score is None else {"metric": score}))
             return False
     if job.cfg.resume:
-        resume_from(job, user_path(job.cfg.resume))
+        resume_from(job, user_path(job.cfg.resume), ckpt)
     check_train_config(job.cfg)
     return True
 
 
-def resume_from(job: Job, path: Path) -> None:
-    job.ckpt = load_checkpoint(path)
+def resume_from(job: Job, path: Path, ckpt: dict | None = None) -> None:
+    """Continue the job from the checkpoint at `path` (`ckpt`: that file, when already read)."""
+    job.ckpt = load_checkpoint(path) if ckpt is None else ckpt
     job.cfg = config_for_resume(job.ckpt, job.cfg, job.overrides, path)
     job.cfg.resume = str(path)  # what it continues from (the checkpoint's own config says where *it* started)
 

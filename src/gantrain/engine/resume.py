@@ -58,9 +58,10 @@ def carry_metrics(previous: Path, run_dir: Path, up_to_step: int) -> None:
     (run_dir / "metrics.csv").write_text("\n".join(kept) + "\n")
 
 
-def auto_resume(cfg, run_dir: Path, overrides: list[str], multirun: bool) -> tuple[bool, float | None]:
+def auto_resume(cfg, run_dir: Path, overrides: list[str], multirun: bool) -> tuple[bool, float | None, dict | None]:
     """resume=auto: find the newest earlier run of this job. Finished: adopt its results (returns True and its
-    metric). Interrupted with a checkpoint: set cfg.resume to it. Otherwise start fresh."""
+    metric). Interrupted with a checkpoint: set cfg.resume to it (returns the checkpoint, read once). Otherwise
+    start fresh."""
     previous = previous_run(run_dir, overrides, multirun)
     last = previous / "checkpoints" / "last.pt" if previous else None
     ckpt = load_checkpoint(last) if last and last.exists() else None
@@ -70,11 +71,11 @@ def auto_resume(cfg, run_dir: Path, overrides: list[str], multirun: bool) -> tup
         log.info(f"resume=auto: this job already finished in {previous}; its results are linked here")
         metrics_json = previous / "metrics.json"
         results = json.loads(metrics_json.read_text())["metrics"] if metrics_json.exists() else {}
-        return True, headline(results, cfg.eval.metric)
+        return True, headline(results, cfg.eval.metric), None
     if ckpt is not None:
         carry_metrics(previous, run_dir, ckpt["step"])
         cfg.resume = str(last)
-        return False, None
+        return False, None, ckpt
     log.info("resume=auto: no earlier checkpoint of this job; starting fresh")
     cfg.resume = None
-    return False, None
+    return False, None, None
