@@ -74,8 +74,12 @@ def check_component_keys(cfg: DictConfig) -> None:
         try:
             inspect.signature(entry).bind_partial(**{k: v for k, v in kwargs.items() if k not in skip})
         except TypeError as e:
-            raise UserError(f"{group} '{cfg[group].name}' got a bad option ({e}); see conf/{group}/{cfg[group].name}.yaml "
-                            f"for its keys") from None
+            raise bad_option(group, cfg[group].name, e) from None
+
+
+def bad_option(group: str, name: str, e: TypeError) -> UserError:
+    """The line for a component built with a key it does not take (found at the check or when building)."""
+    return UserError(f"{group} '{name}' got a bad option ({e}); see conf/{group}/{name}.yaml for its keys")
 
 
 EXAMPLES = {"epochs": 200, "batch_size": 100, "latent_size": 64, "hidden_size": 256,

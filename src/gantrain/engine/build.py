@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from gantrain.components.data import TensorData
 from gantrain.components.registry import lookup
-from gantrain.config import kwargs_of, stored_config
+from gantrain.config import bad_option, kwargs_of, stored_config
 from gantrain.engine.cuda_graph import graphed
 from gantrain.engine.inputs import step_inputs
 from gantrain.engine.plain import PlainMembers
@@ -34,7 +34,7 @@ def build_networks(cfg, data_shape, num_classes: int = 0) -> tuple[torch.nn.Modu
         return builder(data_shape=tuple(data_shape), latent_size=cfg.latent_size, hidden_size=cfg.hidden_size,
                        num_classes=num_classes, **kwargs)
     except TypeError as e:
-        raise UserError(f"model '{cfg.model.name}' got a bad option ({e}); see conf/model/{cfg.model.name}.yaml") from None
+        raise bad_option("model", cfg.model.name, e) from None
 
 
 def seed_heads(G: torch.nn.Module, cfg, data: TensorData) -> None:
@@ -76,7 +76,7 @@ def build_component(kind: str, cfgs: list, device) -> object:
     try:
         return component(**kwargs)
     except TypeError as e:
-        raise UserError(f"{kind} '{name}' got a bad option ({e}); see conf/{kind}/{name}.yaml") from None
+        raise bad_option(kind, name, e) from None
 
 
 @dataclass
