@@ -32,7 +32,7 @@ def compose_run(preset: str, seed: int, extra: list[str]):
         return compose("train", overrides=[f"experiment={preset}", f"seed={seed}", "device=cpu", *extra])
 
 
-def read_modes(run_dir: Path) -> dict:
+def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
 
@@ -46,7 +46,7 @@ def run_alone(preset: str, seeds: list[int], extra: list[str], out: Path) -> tup
         train(compose_run(preset, seed, extra), out / str(seed), [])
         seconds.append(time.perf_counter() - start)
         print(f"  trained {preset} seed {seed} in {seconds[-1]:.0f} s", flush=True)
-        results.append(read_modes(out / str(seed)))
+        results.append(read_metrics(out / str(seed)))
     return results, seconds
 
 
@@ -58,7 +58,7 @@ def run_stacked(preset: str, seeds: list[int], extra: list[str], out: Path) -> t
     start = time.perf_counter()
     train_group(jobs)
     total = time.perf_counter() - start
-    return [read_modes(out / str(seed)) for seed in seeds], [total / len(seeds)] * len(seeds)
+    return [read_metrics(out / str(seed)) for seed in seeds], [total / len(seeds)] * len(seeds)
 
 
 def mean_std(values: list[float]) -> str:

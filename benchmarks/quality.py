@@ -11,7 +11,6 @@ feature network). Prints a markdown table of mean ± std over the seeds and each
 seed 0's last sample grid of each preset to --grids as <preset>.png.
 """
 import argparse
-import json
 import logging
 import shutil
 import statistics
@@ -19,20 +18,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from modes import compose_run, read_metrics  # beside this script: the same composing and metrics.json
+
 PRESETS = ["reference_mnist", "dcgan_mnist", "wgan_gp_mnist", "mnist_small_data"]
 METRICS = ["fd", "kid", "precision", "recall", "classes_covered", "class_kl"]
 
 
 def run(preset: str, seed: int, extra: list[str], out: Path) -> tuple[dict, float]:
-    from hydra import compose, initialize_config_module
-
     from gantrain.engine.jobs import train
 
-    with initialize_config_module("gantrain.conf", version_base=None):
-        cfg = compose("train", overrides=[f"experiment={preset}", f"seed={seed}", "device=cpu", *extra])
+    cfg = compose_run(preset, seed, extra)
     start = time.perf_counter()
     train(cfg, out, [])
-    return json.loads((out / "metrics.json").read_text())["metrics"], time.perf_counter() - start
+    return read_metrics(out), time.perf_counter() - start
 
 
 def cell(values: list[float], digits: str = ".4g") -> str:
