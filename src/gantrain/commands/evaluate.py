@@ -34,10 +34,16 @@ def checkpoints_of(ckpt) -> list[Path]:
     return found
 
 
-def evaluate_checkpoint(path: Path, cfg: DictConfig, device) -> tuple[dict, dict, DictConfig]:
+def evaluate_checkpoint(path: Path, cfg: DictConfig, device, datasets: dict) -> tuple[dict, dict, DictConfig]:
+    """One checkpoint's metrics; `datasets` keeps the data sets loaded so far, so the checkpoints of a sweep
+    load (and hash, for the feature cache) their common data once."""
     ckpt = load_checkpoint(path)
     G, saved = generator_from_checkpoint(ckpt, path, cfg.ema, device)
-    data = load_data(saved.data.name, **kwargs_of(saved.data, paths=("root",))).to(device)
+    kwargs = kwargs_of(saved.data, paths=("root",))
+    key = (saved.data.name, repr(sorted(kwargs.items())))
+    if key not in datasets:
+        datasets[key] = load_data(saved.data.name, **kwargs).to(device)
+    data = datasets[key]
     sample = lambda z, y, members: G(z[0], None if y is None else y[0]).unsqueeze(0)  # one generator: K = 1
     results = evaluate_stack(sample, data, saved.data.name, saved.latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n])[0]
     if not results:
@@ -58,7 +64,8 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
         raise UserError(f"n must be an integer >= 2, got {cfg.n!r}; e.g. n=10000")
     paths, device = checkpoints_of(cfg.ckpt), pick_device(cfg.device)
     out = user_path(cfg.out) if cfg.out else run_dir
-    evaluated = [evaluate_checkpoint(path, cfg, device) for path in paths]
+    datasets = {}
+    evaluated = [evaluate_checkpoint(path, cfg, device, datasets) for path in paths]
     datas = {(saved.data.name, str(saved.data.get("root"))) for _, _, saved in evaluated}
     if len(datas) > 1:
         raise UserError(f"these checkpoints were trained on different data ({', '.join(sorted(d for d, _ in datas))}), "
