@@ -22,7 +22,6 @@ steps=${STEPS:-1000}
 mkdir -p "$work" "$results"
 if ! python3 -c "import gantrain.conf" 2>/dev/null; then
     export PYTHONPATH="$PWD/src:$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}"
-    [ -e src/gantrain/conf ] || ln -s ../../conf src/gantrain/conf  # what the installed package maps
 fi
 export PYTHONUNBUFFERED=1
 stage() { echo; echo "=== $1 ($(date +%T))"; }

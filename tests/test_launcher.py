@@ -84,13 +84,13 @@ def test_the_launcher_is_found_from_a_wheel_install_too(tmp_path):
     """An editable install is found because gantrain registers the launcher itself; a wheel is found by
     Hydra's own scan of hydra_plugins, without gantrain's command importing anything."""
     repo, source = Path(__file__).parents[1], tmp_path / "source"  # built from a copy: no build/ in the checkout
-    for folder in ("src", "conf"):
-        shutil.copytree(repo / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(repo / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(repo / name, source / name)
-    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
                             str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert wheel.returncode == 0, wheel.stderr
+    assert "Warning" not in wheel.stdout + wheel.stderr, wheel.stdout + wheel.stderr  # a quiet build: every package listed
     target = tmp_path / "site"
     unpack = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                              *map(str, (tmp_path / "dist").glob("gantrain-*.whl"))], capture_output=True, text=True)
@@ -102,3 +102,11 @@ def test_the_launcher_is_found_from_a_wheel_install_too(tmp_path):
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     assert str(target) in found.stdout.splitlines()[0] and "StackedLauncher" in found.stdout.splitlines()[1]
+    # every config group travels in the wheel: each experiment composes from the installed package alone
+    experiments = sorted(p.stem for p in (repo / "src" / "gantrain" / "conf" / "experiment").glob("*.yaml"))
+    compose = ("import sys; from hydra import compose, initialize_config_module\n"
+               "with initialize_config_module('gantrain.conf', version_base=None):\n"
+               "    for e in sys.argv[1:]: print(e, compose('train', overrides=['experiment=' + e]).model.name)")
+    composed = subprocess.run([sys.executable, "-c", compose, *experiments], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert composed.returncode == 0, composed.stderr
+    assert [line.split()[0] for line in composed.stdout.splitlines()] == experiments and experiments

@@ -21,7 +21,7 @@ OmegaConf.register_new_resolver("gantrain.new_dir", new_dir, use_cache=True)  # 
 
 CONF = "pkg://gantrain.conf"
 COMMANDS = {
-    "train": "train a GAN configured by conf/train.yaml (overrides: key=value, -m for sweeps)",
+    "train": "train a GAN configured by gantrain/conf/train.yaml (overrides: key=value, -m for sweeps)",
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",

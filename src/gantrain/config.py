@@ -79,7 +79,7 @@ def check_component_keys(cfg: DictConfig) -> None:
 
 def bad_option(group: str, name: str, e: TypeError) -> UserError:
     """The line for a component built with a key it does not take (found at the check or when building)."""
-    return UserError(f"{group} '{name}' got a bad option ({e}); see conf/{group}/{name}.yaml for its keys")
+    return UserError(f"{group} '{name}' got a bad option ({e}); see gantrain/conf/{group}/{name}.yaml for its keys")
 
 
 EXAMPLES = {"epochs": 200, "batch_size": 100, "latent_size": 64, "hidden_size": 256,
