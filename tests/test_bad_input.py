@@ -97,7 +97,7 @@ TRAIN_CASES = {
     "seed not a number": (["seed=abc"], "seed must be an integer >= 0"),
     "ema_decay not a number": (["ema_decay=abc"], "ema_decay must be a number in [0, 1)"),
     "on_nan unknown": (["on_nan=maybe"], "on_nan must be stop or skip"),
-    "precision unknown": (["trainer.precision=fp8"], "trainer.precision must be fp32, tf32 or bf16, got 'fp8'"),
+    "precision unknown": (["trainer.precision=fp8"], "trainer.precision must be fp32, tf32, bf16 or fp64, got 'fp8'"),
     "pack not dividing the batch": (["model.pack=3"], "model.pack must be an integer >= 1 that divides batch_size=100"),
     "zero heads": (["model.heads=0"], "model.heads must be an integer >= 1"),
     "seeded heads without heads": (["model.seed_heads=true"], "set model.heads > 1"),

@@ -35,8 +35,8 @@ def check_train_config(cfg: DictConfig) -> None:
         raise UserError(f"eval.n must be an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")
     if cfg.on_nan not in ("stop", "skip"):
         raise UserError(f"on_nan must be stop or skip, got {cfg.on_nan!r}; e.g. on_nan=skip")
-    if cfg.trainer.precision not in ("fp32", "tf32", "bf16"):
-        raise UserError(f"trainer.precision must be fp32, tf32 or bf16, got {cfg.trainer.precision!r}; "
+    if cfg.trainer.precision not in ("fp32", "tf32", "bf16", "fp64"):
+        raise UserError(f"trainer.precision must be fp32, tf32, bf16 or fp64, got {cfg.trainer.precision!r}; "
                         f"e.g. trainer.precision=bf16")
     pack = cfg.model.get("pack", 1)
     if not is_int(pack) or pack < 1 or cfg.batch_size % pack:

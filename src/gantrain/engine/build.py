@@ -18,6 +18,12 @@ from gantrain.errors import UserError
 from gantrain.outputs.checkpoint import load_weights
 
 
+def param_dtype(precision: str) -> torch.dtype:
+    """The dtype of the weights, batches and noise: float64 for trainer.precision=fp64 (numerical checks: the
+    same maths as fp32 from the same initial weights and draws, rounded ~1e9x less), else float32."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
 def set_matmul_precision(precision: str) -> None:
     """trainer.precision=tf32: float32 matrix products on CUDA's TF32 tensor cores (inputs rounded to a 10-bit
     mantissa, fp32 sums), several times faster on Ampere and later; fp32 and bf16 keep them in full fp32."""
@@ -53,26 +59,29 @@ def classes_of(cfg, data: TensorData) -> int:
 
 
 def member_networks(cfg, data: TensorData, num_classes: int, device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A member's G and D, initialised from its own seed exactly as its lone run initialises them."""
+    """A member's G and D, initialised from its own seed exactly as its lone run initialises them (in
+    float32 whatever the precision, then cast: an fp64 run starts from the fp32 run's weights)."""
     torch.manual_seed(cfg.seed)
     G, D = build_networks(cfg, data.shape, num_classes)
     seed_heads(G, cfg, data)
-    return G.to(device), D.to(device)
+    dtype = param_dtype(cfg.trainer.precision)
+    return G.to(device, dtype), D.to(device, dtype)
 
 
-def per_member_kwargs(component, kwargs: list[dict], device) -> dict:
+def per_member_kwargs(component, kwargs: list[dict], device, dtype: torch.dtype) -> dict:
     """One component's keyword arguments for a stack: its member_keys as (K,) tensors, the rest shared."""
     shared = dict(kwargs[0])
     for key in component.member_keys:
         if key in shared:
-            shared[key] = torch.tensor([float(kw[key]) for kw in kwargs], device=device)
+            shared[key] = torch.tensor([float(kw[key]) for kw in kwargs], dtype=dtype, device=device)
     return shared
 
 
 def build_component(kind: str, cfgs: list, device) -> object:
     """A loss or an augmentation for the stack: its member keys as (K,) tensors when there are several."""
     component, name = lookup(kind, cfgs[0][kind].name), cfgs[0][kind].name
-    kwargs = kwargs_of(cfgs[0][kind]) if len(cfgs) == 1 else per_member_kwargs(component, [kwargs_of(c[kind]) for c in cfgs], device)
+    kwargs = kwargs_of(cfgs[0][kind]) if len(cfgs) == 1 else per_member_kwargs(
+        component, [kwargs_of(c[kind]) for c in cfgs], device, param_dtype(cfgs[0].trainer.precision))
     try:
         return component(**kwargs)
     except TypeError as e:
@@ -88,7 +97,7 @@ class Stack:
     loss: object
     augment: object
     step: object  # step(inputs, r1=...) -> stats (K, 4): make_step, graphed on CUDA
-    shapes: dict  # batch_size, latent_size, n_critic, num_classes
+    shapes: dict  # batch_size, latent_size, n_critic, num_classes, dtype
 
     def inputs(self, data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Generator]) -> dict:
         """Step i of an epoch for every member: its data and its own random numbers (inputs.py)."""
@@ -113,7 +122,8 @@ def build_stack(configs: list, data: TensorData, num_classes: int, device: torch
                                  [c.ema_decay for c in configs], skip, fast)
     loss, augment = build_component("loss", configs, device), build_component("augment", configs, device)
     step = make_step(members, loss, augment, n_critic=cfg.n_critic, joint_d_pass=fast, precision=cfg.trainer.precision)
-    shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=num_classes)
+    shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=num_classes,
+                  dtype=param_dtype(cfg.trainer.precision))
     return Stack(members, loss, augment, graphed(step) if graph else step, shapes)
 
 

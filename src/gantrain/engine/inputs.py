@@ -32,16 +32,19 @@ def member_draws(gen: torch.Generator, batch_size: int, latent_size: int, n_crit
 
 
 def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Generator], *, batch_size: int,
-                latent_size: int, n_critic: int, num_classes: int, loss, augment) -> dict[str, torch.Tensor]:
+                latent_size: int, n_critic: int, num_classes: int, loss, augment,
+                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Step i of an epoch for every member: real (K, n_critic, B, ...) from each member's order (K, N), with
-    labels y_real for a conditional GAN, and each member's draws stacked along K (see step.py)."""
+    labels y_real for a conditional GAN, and each member's draws stacked along K (see step.py). Floats come
+    in the networks' dtype; draws are made in float32 whatever it is, so an fp64 run sees the fp32 run's."""
     per_step = batch_size * n_critic
     idx = orders[:, i * per_step:(i + 1) * per_step].view(len(orders), n_critic, batch_size)
-    inputs = {"real": data.x[idx]}
+    inputs = {"real": data.x[idx].to(dtype)}
     if num_classes:
         inputs["y_real"] = data.y[idx]
     draws = [member_draws(gen, batch_size, latent_size, n_critic, num_classes, loss, augment) for gen in gens]
-    return inputs | {name: stack([d[name] for d in draws]) for name in draws[0]}
+    draws = {name: stack([d[name] for d in draws]) for name in draws[0]}
+    return inputs | {name: d.to(dtype) if d.is_floating_point() else d for name, d in draws.items()}
 
 
 def fixed_latents(cfg, data: TensorData) -> torch.Tensor:

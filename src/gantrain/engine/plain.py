@@ -60,7 +60,7 @@ class PlainMembers:
         was_training = G.training
         G.eval()
         try:
-            return G(z[0], None if y is None else y[0]).unsqueeze(0)
+            return G(z[0].to(self.g_params[0].dtype), None if y is None else y[0]).unsqueeze(0)
         finally:
             G.train(was_training)
 

@@ -148,7 +148,7 @@ class StackedMembers:
         buffers = {n: b[idx] for n, b in self.g.buffers.items()}
         self.G_base.eval()
         try:
-            return self.G_fn(params, buffers, z, *([] if y is None else [y]))
+            return self.G_fn(params, buffers, z.to(self.g.flat.dtype), *([] if y is None else [y]))
         finally:
             self.G_base.train()
 

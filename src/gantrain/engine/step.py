@@ -26,6 +26,7 @@ def make_step(nets, loss, augment=None, *, n_critic: int = 1, joint_d_pass: bool
                                       cache_enabled=False)
     joint_d_pass = joint_d_pass and not nets.batch_statistics
     at = lambda y, k: None if y is None else y[:, k]
+    full = lambda logits: logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits  # fp64 stays
 
     def step(inputs: dict[str, torch.Tensor], r1: bool = True) -> torch.Tensor:
         real, z, y_real, y_fake, draws_of = (inputs.get(key) for key in BATCH_KEYS)
@@ -43,9 +44,9 @@ def make_step(nets, loss, augment=None, *, n_critic: int = 1, joint_d_pass: bool
                 x_seen, fake_seen = seen(x, 2 * k), seen(fake.to(x.dtype), 2 * k + 1)
                 if joint_d_pass:
                     both_y = None if y is None else torch.cat([y, y_f], dim=1)
-                    real_logits, fake_logits = nets.D(torch.cat([x_seen, fake_seen], dim=1), both_y).float().chunk(2, dim=1)
+                    real_logits, fake_logits = full(nets.D(torch.cat([x_seen, fake_seen], dim=1), both_y)).chunk(2, dim=1)
                 else:
-                    real_logits, fake_logits = nets.D(x_seen, y).float(), nets.D(fake_seen, y_f).float()  # (K, B), (K, B)
+                    real_logits, fake_logits = full(nets.D(x_seen, y)), full(nets.D(fake_seen, y_f))  # (K, B), (K, B)
                 d_loss = loss.d_loss(real_logits, fake_logits)  # (K,)
                 draws = {name: value[:, k] for name, value in inputs.items() if name not in BATCH_KEYS}
                 D_seen = lambda images, labels: nets.D(seen(images, 2 * k), labels)
@@ -58,7 +59,7 @@ def make_step(nets, loss, augment=None, *, n_critic: int = 1, joint_d_pass: bool
         # ---------------------------------------------------------------- #
         y_g = at(y_fake, n_critic)
         with autocast():
-            g_loss = loss.g_loss(nets.D(seen(nets.G(z[:, n_critic], y_g), 2 * n_critic), y_g).float())
+            g_loss = loss.g_loss(full(nets.D(seen(nets.G(z[:, n_critic], y_g), 2 * n_critic), y_g)))
         nets.update_g(g_loss)
         nets.update_ema()
 
