@@ -143,7 +143,8 @@ def interrupt(signum: int, nets, members: list[Member], where: Where, orders, da
 class EpochOutputs:
     """What members leave at the end of an epoch: sample grids (or scatter plots), checkpoints, and
     evaluations with best.pt. Generation and evaluation run for all due members at once; files are
-    written by threads while the device work stays on the loop's thread."""
+    written by threads (numpy arrays and tensors already copied; no torch op runs on them: artifacts.py says
+    why) while the device work stays on the loop's thread."""
 
     def __init__(self, nets, members: list[Member], data, num_classes: int, writer: ThreadPoolExecutor):
         self.nets, self.members, self.data, self.num_classes = nets, members, data, num_classes
@@ -151,12 +152,12 @@ class EpochOutputs:
         self.fixed_z = torch.stack([fixed_latents(m.cfg, data) for m in members]).to(device)  # (K, n, latent)
         n = self.fixed_z.shape[1]
         self.fixed_y = (torch.arange(n, device=device) % num_classes).expand(len(members), n) if num_classes else None
-        self.real_points = data.x[:n].cpu() if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
-        self.pending = [writer.submit(self.save_real_images)]  # off the path to the first step
+        self.real_points = artifacts.pixels(data.x[:n]) if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
+        self.pending = [writer.submit(self.save_real_images, artifacts.pixels(artifacts.real_examples(data)))]  # off the path to the first step
 
-    def save_real_images(self) -> None:
+    def save_real_images(self, picture) -> None:
         """real_images.png, the same for every member: drawn once, copied."""
-        artifacts.save_real_images(self.data, self.members[0].run_dir / "real_images.png")
+        artifacts.write_picture(picture, self.members[0].run_dir / "real_images.png")
         for m in self.members[1:]:
             shutil.copyfile(self.members[0].run_dir / "real_images.png", m.run_dir / "real_images.png")
 
@@ -171,7 +172,7 @@ class EpochOutputs:
             images = nets.sample(self.fixed_z[sample], None if self.fixed_y is None else self.fixed_y[sample], sample).cpu()
             for j, k in enumerate(sample):
                 pngs[k] = members[k].run_dir / "samples" / f"epoch_{where.epoch:04d}.png"
-                writes.append(writer.submit(artifacts.save_examples, images[j], pngs[k], real=self.real_points))
+                writes.append(writer.submit(artifacts.write_picture, artifacts.pixels(images[j]), pngs[k], self.real_points))
         # RNG reads, config resolving, optimizer state copies: only for the members that need a state
         states = {k: members[k].checkpoint_state(nets.member_state(k), where, None, self.data.shape, self.num_classes)
                   for k in sorted(set(keep) | set(evaluate))}
