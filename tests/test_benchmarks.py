@@ -14,9 +14,14 @@ def run(script: str, *args: str) -> str:
     return result.stdout
 
 
-def test_bench_train_prints_both_pipelines_and_the_ratio():
-    out = run("bench_train.py", "--images", "600", "--steps", "8", "--warmup", "2", "--rounds", "2")
-    assert "reference pipeline :" in out and "gantrain           :" in out and "ratio" in out
+def test_bench_train_prints_every_pipeline_against_the_floor():
+    out = run("bench_train.py", "--images", "600", "--loop-images", "600", "--steps", "8", "--warmup", "2", "--rounds", "2",
+              "--members", "2", "--process-epochs", "1", "--set", "trainer.threads=1")
+    rows = {line.split(":")[0].strip(): line.split(":")[1].split() for line in out.splitlines() if ":" in line}
+    for name in ("floor", "reference pipeline", "plain eager step", "gantrain step", "stack of 2", "gantrain in its loop"):
+        assert float(rows[name][0]) > 0 and float(rows[name][1]) > 0, name  # steps/s, fraction of the floor
+    assert rows["floor"][1] == "1.00" and "gantrain in its loop / floor" in out
+    assert out.splitlines()[-1].startswith("whole process") and out.rstrip().endswith("of floor")
 
 
 def test_bench_sweep_prints_both_paths_and_the_ratio():
