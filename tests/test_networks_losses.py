@@ -43,6 +43,7 @@ def test_packed_discriminator_judges_consecutive_samples_together():
     assert torch.allclose(D(swapped), logits[[1, 0, 2]])
 
 
+@pytest.mark.numerical
 def test_heads_route_each_sample_through_its_own_output_layer():
     """model.heads=3: z[:, 0] in the lower, middle, upper third of its normal CDF picks head 0, 1, 2."""
     torch.manual_seed(0)
@@ -84,6 +85,7 @@ def test_seeded_heads_start_one_on_each_separate_mode_and_the_seed_decides_which
     assert torch.equal(again.heads.bias, G.heads.bias) and not torch.equal(other.heads.bias, G.heads.bias)
 
 
+@pytest.mark.numerical
 def test_bce_loss_values_on_known_logits():
     loss = BCELoss()
     zero = torch.zeros(4)
@@ -97,6 +99,7 @@ def test_bce_loss_values_on_known_logits():
     assert loss.g_loss(torch.full((3,), -1.0)).item() == pytest.approx(-torch.log(p_fake).item())
 
 
+@pytest.mark.numerical
 def test_bce_on_logits_equals_the_references_sigmoid_plus_bceloss():
     torch.manual_seed(0)
     real, fake = torch.randn(50) * 3, torch.randn(50) * 3

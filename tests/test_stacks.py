@@ -36,6 +36,7 @@ OPTIMIZER_CASES = {  # two members each, every member key of each optimizer set 
 }
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("optimizer,members", OPTIMIZER_CASES.values(), ids=OPTIMIZER_CASES.keys())
 def test_stacked_optimizer_equals_torch_per_member_and_round_trips_its_state(optimizer, members):
     torch.manual_seed(0)
@@ -73,6 +74,7 @@ def test_a_stacked_optimizer_refuses_unknown_keys_and_says_why_a_key_keeps_a_job
 
 @pytest.mark.parametrize("make", [lambda: MLPDiscriminator((1, 4, 4), 8, pack=2),
                                   lambda: MLPGenerator(3, 8, (2,), depth=3, heads=2)], ids=["mlp-d-packed", "mlp-g-heads"])
+@pytest.mark.numerical
 def test_stacked_params_hold_members_in_the_layout_their_gradients_arrive_in(make):
     """Members round-trip through the (K, N) tensor exactly, and every gradient of a stacked backward
     flattens into it as a view: no copy before the optimizer, which reads all its tensors in one order."""
@@ -161,6 +163,7 @@ def assert_same_run(stacked, alone, rtol=1e-9, atol=1e-10):
     assert files[0] == files[1]
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("case", CASES)
 def test_members_equal_their_lone_runs(tiny_root, tmp_path, case):
     """In float64 (trainer.precision=fp64), where the same maths agrees to ~1e-14 after 12 steps on any CPU's
@@ -179,6 +182,7 @@ def test_members_equal_their_lone_runs(tiny_root, tmp_path, case):
     assert relative_gap(*(weights_and_moments(tmp_path / f"stack{k}") for k in (0, 1))) > 1e-3
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("case", ["lsgan-dcgan-sgd", "wgan_gp-mlp-adam-n_critic5"])
 def test_float32_members_are_as_close_to_their_lone_runs_as_float32_rounding_allows(tiny_root, tmp_path, case):
     """The real float32 path, against a yardstick of pure rounding measured in the same run on the same

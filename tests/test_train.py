@@ -47,6 +47,7 @@ def test_one_step_changes_both_networks():
             assert not torch.equal(before[k], v), k
 
 
+@pytest.mark.numerical
 def test_d_step_does_not_backpropagate_into_g_and_g_step_adds_nothing_to_d():
     G, D, opt_g, opt_d = tiny_parts()
     real, z_d, z_g = torch.rand(4, 1, 28, 28) * 2 - 1, torch.randn(4, 8), torch.randn(4, 8)
@@ -63,6 +64,7 @@ def test_d_step_does_not_backpropagate_into_g_and_g_step_adds_nothing_to_d():
         assert p.requires_grad  # unfrozen again afterwards
 
 
+@pytest.mark.numerical
 def test_step_reports_d_x_as_probability_of_the_real_batch():
     G, D, opt_g, opt_d = tiny_parts()
     real, z_d = torch.rand(6, 1, 28, 28) * 2 - 1, torch.randn(6, 8)
@@ -83,6 +85,7 @@ def test_same_seed_same_weights_other_seed_other_weights(cfg, tmp_path):
     assert not torch.equal(weights(tmp_path / "a")["net.0.weight"], weights(tmp_path / "c")["net.0.weight"])
 
 
+@pytest.mark.numerical
 def test_resume_is_bit_exact(cfg, tmp_path):
     train(cfg, tmp_path / "straight", [])
     cfg.epochs = 1
@@ -168,6 +171,7 @@ def test_tf32_is_switched_per_run_and_back():
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
+@pytest.mark.numerical
 def test_fast_path_matches_plain_path_within_float_rounding(cfg, tmp_path):
     """trainer.fast fuses Adam and runs D once over [real; fake]: same maths, other summation order. In
     float64 (any CPU's kernels agree to ~1e-14 after 12 steps) the weights agree to 1e-10; a real

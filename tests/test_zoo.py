@@ -64,6 +64,7 @@ def test_dcgan_sizes_itself_from_the_image_shape(shape, spectral_norm):
     assert has_sn == spectral_norm
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("layer", [lambda: SNLinear(12, 7), lambda: SNConv2d(3, 5, 3)])
 def test_spectral_norm_divides_by_the_largest_singular_value(layer):
     """Like torch's parametrization: after its power iterations the weight's spectral norm is 1, in eval
@@ -111,6 +112,7 @@ class Linear2D(nn.Module):
         return x.flatten(2) @ self.w + 1.0
 
 
+@pytest.mark.numerical
 def test_gradient_penalty_matches_the_closed_form():
     D = Linear2D([3.0, 4.0])  # ||grad|| = 5 at every x_hat
     real, fake, eps = torch.randn(1, 6, 2), torch.randn(1, 6, 2), {"gp_eps": torch.rand(1, 6)}  # one member
@@ -123,6 +125,7 @@ class Square(nn.Module):  # D(x) = sum x^2: grad = 2x, on (K, B, ...)
         return x.pow(2).flatten(2).sum(2)
 
 
+@pytest.mark.numerical
 def test_r1_matches_a_hand_computed_value():
     real = torch.tensor([[[1.0, 2.0], [0.0, 3.0]]])  # one member, two points
     # gamma/2 * mean ||2x||^2 = 0.5 * mean(4*5, 4*9) = 0.5 * 28 = 14 for gamma = 1
@@ -130,6 +133,7 @@ def test_r1_matches_a_hand_computed_value():
     assert BCELoss().penalty(Square(), real, real) is None  # off: no extra forward pass at all
 
 
+@pytest.mark.numerical
 def test_lazy_r1_is_the_same_strength_on_one_step_in_n():
     # D = sum x^2 on the points above: R1 with gamma 1 is 14
     real, lazy = torch.tensor([[[1.0, 2.0], [0.0, 3.0]]]), BCELoss(r1_gamma=1.0, r1_every=4)
@@ -170,6 +174,7 @@ def tiny_gan(seed=0, ema_decay=0.0):
     return G, D, opt_g, opt_d, PlainMembers(G, D, opt_g, opt_d, ema_decay)
 
 
+@pytest.mark.numerical
 def test_ema_follows_its_formula():
     G, D, opt_g, opt_d, nets = tiny_gan(ema_decay=0.9)
     before = [p.clone() for p in nets.G_ema.parameters()]

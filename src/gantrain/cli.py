@@ -24,6 +24,7 @@ COMMANDS = {
     "train": "train a GAN configured by gantrain/conf/train.yaml (overrides: key=value, -m for sweeps)",
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
+    "prepare": "decode a folder of images once, for every later run (data.root=DIR data.image_size=64)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
     "sweep": "the same as train -m: a sweep whose jobs train together as stacks of members",
     "list": "list every model, loss, optimizer, data set and experiment preset",
@@ -85,7 +86,14 @@ def eval_app(cfg: DictConfig):
     return one_line_errors(lambda: eval_command(cfg, run_dir_and_overrides()[0]))
 
 
-APPS = {"train": train_app, "sample": sample_app, "eval": eval_app}
+@hydra.main(config_path=CONF, config_name="prepare", version_base=None)
+def prepare_app(cfg: DictConfig):
+    from gantrain.commands.prepare import prepare_command
+
+    return one_line_errors(lambda: prepare_command(cfg))
+
+
+APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "prepare": prepare_app}
 
 
 def strip_command_from_comp_line() -> str | None:

@@ -10,6 +10,7 @@ import torch
 
 from gantrain.errors import UserError
 from gantrain.components.registry import lookup, register
+from gantrain.data.prepared import prepare_folder
 
 log = logging.getLogger("gantrain")
 
@@ -128,35 +129,12 @@ def cifar10(root: str, download: bool = False) -> TensorData:
     return from_uint8(np.concatenate(images), np.concatenate(labels))
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
 @register("data", "folder")
-def folder(root: str, image_size: int = 64, channels: int = 3) -> TensorData:
-    """Every image under data.root (recursively), resized and centre-cropped to data.image_size; unlabelled."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
-    top = Path(root).expanduser()
-    if not top.is_dir():
-        raise UserError(f"data.root={top} is not a folder; point it at a folder of images")
-    if channels not in (1, 3):
-        raise UserError(f"data.channels must be 1 or 3, got {channels}")
-    files = sorted(p for p in top.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    images, broken = [], 0
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
-                images.append(center_crop(resize(pil_to_tensor(img), image_size, antialias=True), image_size))
-        except (UnidentifiedImageError, OSError, ValueError):
-            broken += 1
-    if broken:
-        log.warning(f"skipped {broken} unreadable image file(s) under {top}")
-    if not images:
-        raise UserError(f"no readable images under {top} ({len(files)} image files, {broken} unreadable); "
-                        f"point data.root at a folder of .png/.jpg images")
-    return from_uint8(torch.stack(images))
+def folder(root: str, image_size: int = 64, channels: int = 3, labels: str = "auto") -> TensorData:
+    """Every image under data.root (recursively), resized and centre-cropped to data.image_size, decoded once
+    into a prepared copy that later runs read back (data/prepared.py); one sub-folder per class gives labels."""
+    images, y, _ = prepare_folder(root, image_size, channels, labels)
+    return from_uint8(images, y)
 
 
 def gaussian_mixture(means: np.ndarray, std: float, n: int, seed: int) -> TensorData:

@@ -10,7 +10,8 @@ import torch
 from gantrain.components.data import MIXTURES, TensorData
 from gantrain.errors import UserError
 from gantrain.evaluation import metrics
-from gantrain.evaluation.features import cache_dir, content_hash, feature_net, split
+from gantrain.cache import cache_dir
+from gantrain.evaluation.features import content_hash, feature_net, split
 from gantrain.outputs.checkpoint import atomic_save
 
 log = logging.getLogger("gantrain")

@@ -8,14 +8,13 @@ without labels (an image folder) gets a contrastive encoder of the same shape in
 """
 import hashlib
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gantrain.cache import cache_dir
 from gantrain.outputs.checkpoint import atomic_save
 from gantrain.components.data import TensorData
 from gantrain.evaluation.contrastive import ContrastiveNet, train_contrastive
@@ -40,13 +39,6 @@ class FeatureNet(EncoderNet):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self(x))
-
-
-def cache_dir() -> Path:
-    """$GANTRAIN_CACHE_DIR, else $XDG_CACHE_HOME/gantrain, else ~/.cache/gantrain."""
-    if os.environ.get("GANTRAIN_CACHE_DIR"):
-        return Path(os.environ["GANTRAIN_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "gantrain"
 
 
 def content_hash(data: TensorData) -> str:
