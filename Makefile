@@ -19,8 +19,13 @@ install: $(STAMP) ## create .venv and install gantrain (editable) with its test 
 train: install ## train the reference GAN on the bundled MNIST sample (offline)
 	$(VENV)/bin/gantrain train
 
-test: install ## run the test suite (2-3 minutes on 2 CPU cores), then the 15 slowest tests
+# A second set of CPU kernels for the numerical tests: torch's unvectorised ATen kernels, MKL's and oneDNN's
+# most portable code paths. Their float rounding differs from the native kernels', as it does between CPUs.
+OTHER_KERNELS := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE DNNL_MAX_CPU_ISA=SSE41
+
+test: install ## run the test suite and its 15 slowest tests, then its numerical tests on other CPU kernels
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(OTHER_KERNELS) $(PY) -m pytest -q -n 2 --dist loadgroup -m numerical -p no:cacheprovider
 
 bench: install ## CPU benchmark: gantrain's training step against the reference pipeline
 	$(PY) benchmarks/bench_train.py
