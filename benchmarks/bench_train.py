@@ -85,7 +85,7 @@ def floor_steps(cfg, device):
 
     G, D, data = networks_and_data(cfg, device)
     B = cfg.batch_size
-    real, z = data.x[:B].clone(), torch.randn(2, B, cfg.latent_size, device=device)
+    real, z = data.floats(torch.arange(B)), torch.randn(2, B, cfg.latent_size, device=device)
     optimizer = lookup("optim", cfg.optim.name)
     opt_g, opt_d = (optimizer.build_torch(net.parameters(), kwargs_of(cfg.optim), fast=True) for net in (G, D))
     loss, g_params = lookup("loss", cfg.loss.name)(), list(G.parameters())
@@ -105,7 +105,7 @@ def floor_steps(cfg, device):
 def plain_eager_steps(cfg, device):
     """A hand-written training loop over the data in memory, with torch's defaults (see the docstring)."""
     G, D, data = networks_and_data(cfg, device)
-    B, x = cfg.batch_size, data.x
+    B, x = cfg.batch_size, data.floats()
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)

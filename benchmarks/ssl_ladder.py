@@ -51,12 +51,12 @@ def main() -> None:
         half = len(data) // 2
         for steps in args.steps:
             start = time.perf_counter()
-            net, score = contrastive.train_contrastive(data.x[train_idx], data.x[held_idx], steps)
+            net, score = contrastive.train_contrastive(data.floats(train_idx), data.floats(held_idx), steps)
             seconds = time.perf_counter() - start
             with torch.no_grad():
-                reference = metrics.real_reference(features(net, data.x[:half]))
+                reference = metrics.real_reference(features(net, data.floats(torch.arange(half))))
                 results = {name: metrics.image_metrics(reference, features(net, x), None, 0)
-                           for name, x in ladder(data.x[half:]).items()}
+                           for name, x in ladder(data.floats(torch.arange(half, len(data)))).items()}
             fds = [r["fd"]["value"] for r in results.values()]
             recall = [results[name]["recall"]["value"] for name in ("real split", "collapsed")]
             print(f"| {size} | {steps} | {seconds:.1f} s | {score:.2f} | " + " / ".join(f"{v:.2f}" for v in fds)

@@ -12,17 +12,19 @@ def test_mnist_loader_reads_idx_files(tmp_path, gz):
     write_mnist(tmp_path, n=30, gz=gz)
     images, labels = tiny_images(30)
     data = load_data("mnist", root=str(tmp_path))
-    assert data.x.shape == (30, 1, 28, 28) and data.x.dtype == torch.float32
-    assert data.x.min() == -1.0 and data.x.max() == 1.0  # 0 -> -1, 255 -> 1, as Normalize(0.5, 0.5)
-    expected = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
-    assert torch.equal(data.x, expected)
+    assert data.x.shape == (30, 1, 28, 28) and data.x.dtype == torch.uint8  # held as pixels: 4x less than floats
+    assert torch.equal(data.x, torch.from_numpy(images).unsqueeze(1))
+    x = data.floats()  # what a batch becomes: 0 -> -1, 255 -> 1, as Normalize(0.5, 0.5)
+    assert x.min() == -1.0 and x.max() == 1.0 and x.dtype == torch.float32
+    assert torch.equal(x, torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1))
+    assert torch.equal(data.floats(torch.tensor([3, 1])), x[[3, 1]])
     assert torch.equal(data.y, torch.from_numpy(labels).long())
 
 
 def test_mnist_sample_is_the_bundled_5000_images():
     data = load_data("mnist_sample")
     assert data.x.shape == (5000, 1, 28, 28)
-    assert -1.0 <= data.x.min() < -0.99 and 0.99 < data.x.max() <= 1.0
+    assert -1.0 <= data.floats().min() < -0.99 and 0.99 < data.floats().max() <= 1.0
     assert sorted(data.y.unique().tolist()) == list(range(10))
 
 

@@ -31,20 +31,21 @@ def test_sanity_ladder_on_the_bundled_sample(mnist_features):
     from torchvision.transforms.functional import gaussian_blur
 
     data, net, _ = mnist_features
+    x = data.floats()
     train_idx, held_idx = features.split(len(data))
     feats = lambda x: torch.cat([net(chunk) for chunk in x.split(1000)]).detach()
-    reference, other = metrics.real_reference(feats(data.x[train_idx[:2000]])), data.x[train_idx[2000:3000]]
+    reference, other = metrics.real_reference(feats(x[train_idx[:2000]])), x[train_idx[2000:3000]]
     noise = torch.randn(other.shape, generator=torch.Generator().manual_seed(1))
     fd = lambda x: metrics.fd_and_kid(reference.feats, feats(x))["fd"]["value"]
     image_metrics = lambda x: metrics.image_metrics(reference, feats(x), net.head(feats(x)), 10)
-    held_out, noisy, blurred = fd(data.x[held_idx]), fd((other + 0.2 * noise).clamp(-1, 1)), fd(gaussian_blur(other, 5, 1.0))
-    one_class, uniform = fd(data.x[data.y == 3]), fd(torch.rand(other.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1)
+    held_out, noisy, blurred = fd(x[held_idx]), fd((other + 0.2 * noise).clamp(-1, 1)), fd(gaussian_blur(other, 5, 1.0))
+    one_class, uniform = fd(x[data.y == 3]), fd(torch.rand(other.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1)
     assert held_out < noisy < blurred
     assert one_class < uniform
-    pr = image_metrics(data.x[data.y == 3])
+    pr = image_metrics(x[data.y == 3])
     assert pr["precision"]["value"] > 0.8 and pr["recall"]["value"] < 0.3
     assert pr["classes_covered"]["value"] == 1 and pr["class_kl"]["value"] > 2.0  # log 10 = 2.30 for one class
-    balanced = image_metrics(data.x[held_idx])
+    balanced = image_metrics(x[held_idx])
     assert balanced["classes_covered"]["value"] == 10 and balanced["class_kl"]["value"] < 0.05
     assert all(e["n_real"] == 2000 and e["n_fake"] == len(held_idx) for e in balanced.values())
 
@@ -145,7 +146,7 @@ def test_unlabelled_photographs_get_self_supervised_features_that_hold_the_sanit
     assert what == "held-out view matching" and score > 0.3  # chance: 1 in 60 held-out images
     assert net.logits(torch.zeros(1, 128)) is None  # no classes, so no class coverage
     feats = lambda x: torch.cat([net(chunk) for chunk in x.split(500)]).detach()
-    reference, other = metrics.real_reference(feats(data.x[:150])), data.x[150:]
+    reference, other = metrics.real_reference(feats(data.floats()[:150])), data.floats()[150:]
     g = torch.Generator().manual_seed(1)
     ladder = {"real split": other, "lightly noised": (other + 0.1 * torch.randn(other.shape, generator=g)).clamp(-1, 1),
               "blurred": gaussian_blur(other, 5, 1.5), "collapsed": other[:1].expand_as(other),

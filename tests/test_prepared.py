@@ -41,7 +41,8 @@ def test_a_prepared_folder_equals_a_fresh_decode_and_is_read_back_memory_mapped(
     assert "preparing" not in caplog.text and "12 images of" in caplog.text and isinstance(again, np.memmap)
     assert np.array_equal(again, images) and len(prepared_folders()) == 1
     data = load_data("folder", root=str(photos), image_size=16, channels=3)  # what training sees: [-1, 1]
-    assert np.array_equal(((data.x.numpy() + 1) * 127.5).round().astype(np.uint8), fresh)
+    assert data.mapped and np.array_equal(data.x.numpy(), fresh)
+    assert np.array_equal(((data.floats().numpy() + 1) * 127.5).round().astype(np.uint8), fresh)
 
 
 def test_a_changed_folder_is_prepared_again_and_a_damaged_copy_is_never_trusted(photos, caplog):
@@ -66,7 +67,7 @@ def test_labels_come_from_class_sub_folders(tmp_path, monkeypatch):
         for i in range(3):
             Image.new("RGB", (20, 20), colour).save(tmp_path / "pets" / name / f"{i}.png")
     data = load_data("folder", root=str(tmp_path / "pets"), image_size=8)
-    assert data.y.tolist() == [0, 0, 0, 1, 1, 1] and data.x[0, 0].mean() > 0.9 and data.x[3, 2].mean() > 0.9
+    assert data.y.tolist() == [0, 0, 0, 1, 1, 1] and data.x[0, 0].min() == 255 and data.x[3, 2].min() == 255
     assert prepared.prepare_folder(str(tmp_path / "pets"), 8, 3)[2] == ["cats", "dogs"]
     assert load_data("folder", root=str(tmp_path / "pets"), image_size=8, labels="none").y is None
     (tmp_path / "pets" / "loose.png").write_bytes((tmp_path / "pets" / "cats" / "0.png").read_bytes())
@@ -126,3 +127,91 @@ def test_gantrain_prepare_prepares_once_for_the_runs_that_follow_and_writes_noth
     assert "12 images of" in train.stdout and "prepared at 16x16" in train.stdout and "preparing" not in train.stdout
     wrong = run_cli("prepare", "data=mnist_sample", cwd=tmp_path, env=env)
     assert wrong.returncode == 1 and "gantrain prepare takes data=folder" in wrong.stderr
+
+
+def test_uint8_batches_train_the_same_weights_as_the_float_data_set_they_stand_for(mnist_root):
+    """The set lives as uint8 and each batch becomes floats in the step's inputs; the weights are bit for bit
+    those of training on the same set held as floats in [-1, 1] (how every set was held before)."""
+    import torch
+
+    from conftest import compose_train
+    from gantrain.components.data import TensorData
+    from gantrain.engine.build import build_stack
+    from gantrain.engine.inputs import epoch_order
+
+    cfg = compose_train(["device=cpu", "model=dcgan", "batch_size=20", "hidden_size=16", "latent_size=8"])
+    pixels = load_data("mnist", root=str(mnist_root))
+    as_floats = TensorData(pixels.floats(), pixels.y)
+    assert pixels.x.dtype == torch.uint8 and as_floats.x.dtype == torch.float32
+    weights = []
+    for data in (pixels, as_floats):
+        stack = build_stack([cfg], data, 0, torch.device("cpu"))
+        gen = torch.Generator().manual_seed(0)
+        orders = epoch_order(len(data), gen).unsqueeze(0)
+        for i in range(4):
+            stack.step(stack.inputs(data, orders, i, [gen]))
+        weights.append(stack.nets.member_state(0))
+    for net in ("G", "D"):
+        assert all(torch.equal(weights[0][net][k], weights[1][net][k]) for k in weights[1][net]), net
+
+
+def test_a_streamed_run_equals_the_in_memory_run_bit_for_bit(photos, tmp_path, monkeypatch, caplog):
+    import torch
+
+    from conftest import compose_train
+    from gantrain.engine import jobs
+    from gantrain.outputs.checkpoint import load_checkpoint
+
+    common = ["device=cpu", "data=folder", f"data.root={photos}", "data.image_size=16", "model=dcgan", "epochs=2",
+              "batch_size=4", "hidden_size=8", "latent_size=8", "eval.enabled=false", "log_every=1"]
+    for mode in ("true", "false"):
+        jobs.train(compose_train([*common, f"data.in_memory={mode}"]), tmp_path / mode, [])
+    monkeypatch.setattr(jobs, "free_bytes", lambda device: 1000)  # auto: 12 images of 768 bytes do not fit
+    with caplog.at_level("INFO", logger="gantrain"):
+        jobs.train(compose_train([*common, "data.in_memory=auto"]), tmp_path / "auto", [])
+    assert "streamed from the prepared copy" in caplog.text
+    runs = [load_checkpoint(tmp_path / mode / "checkpoints" / "last.pt") for mode in ("true", "false", "auto")]
+    for run in runs[1:]:
+        for net in ("G", "D"):
+            assert all(torch.equal(runs[0][net][k], run[net][k]) for k in runs[0][net]), net
+    with pytest.raises(UserError, match="data.in_memory must be auto, true or false, got 'sometimes'"):
+        load_data("folder", root=str(photos), image_size=16, in_memory="sometimes")
+
+
+def test_class_names_travel_in_the_checkpoint_and_gantrain_eval_shows_them(tmp_path):
+    from conftest import run_cli
+    from gantrain.outputs.checkpoint import load_checkpoint
+
+    for name, colour in (("cats", (255, 0, 0)), ("dogs", (0, 0, 255))):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (20, 20), tuple(min(255, c + 10 * i) for c in colour)).save(tmp_path / "pets" / name / f"{i}.png")
+    env = {"GANTRAIN_CACHE_DIR": str(tmp_path / "cache")}
+    train = run_cli("train", "data=folder", "data.root=pets", "data.image_size=8", "model=dcgan", "model.conditional=true",
+                    "epochs=1", "batch_size=4", "hidden_size=8", "latent_size=8", "eval.enabled=false", "device=cpu",
+                    "hydra.run.dir=run", cwd=tmp_path, env=env)
+    assert train.returncode == 0, train.stderr
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["class_names"] == ["cats", "dogs"] and ckpt["num_classes"] == 2
+    evaluated = run_cli("eval", "ckpt=run/checkpoints/last.pt", "n=16", "hydra.run.dir=ev", cwd=tmp_path, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "classes: 0 cats, 1 dogs" in evaluated.stdout
+
+
+def test_a_zip_of_a_folder_reads_the_same_as_the_folder(tmp_path, monkeypatch):
+    import zipfile
+
+    monkeypatch.setenv("GANTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    for name, colour in (("cats", (255, 0, 0)), ("dogs", (0, 0, 255))):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 24), tuple(min(255, c + 30 * i) for c in colour)).save(tmp_path / "pets" / name / f"{i}.png")
+    with zipfile.ZipFile(tmp_path / "pets.zip", "w") as archive:
+        for path in sorted((tmp_path / "pets").rglob("*.png")):
+            archive.write(path, f"pets/{path.relative_to(tmp_path / 'pets')}")  # as zip -r pets.zip pets/ makes it
+        archive.writestr("pets/cats/broken.png", b"not a png")
+    folder, zipped = (prepared.prepare_folder(str(tmp_path / p), 8, 3) for p in ("pets", "pets.zip"))
+    assert np.array_equal(folder[0], zipped[0]) and np.array_equal(folder[1], zipped[1]) and zipped[2] == ["cats", "dogs"]
+    (tmp_path / "notes.zip").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="is neither a folder nor a readable .zip"):
+        prepared.prepare_folder(str(tmp_path / "notes.zip"), 8, 3)

@@ -78,6 +78,8 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
         print_table([{"metric": name, "value": e["value"], "n_real": e["n_real"], "n_fake": e["n_fake"], "note": note(e)}
                      for name, e in results.items()],
                     f"{saved.model.name}/{saved.loss.name} on {saved.data.name}, epoch {ckpt['epoch']}")
+        if ckpt.get("class_names"):  # a conditional model on class sub-folders: what its labels 0, 1, ... are
+            log.info("classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(ckpt["class_names"])))
         log.info(f"wrote {out / 'metrics.json'}")
         return headline(results)
     rows = [{"checkpoint": str(path), "model": f"{saved.model.name}/{saved.loss.name}", "epoch": ckpt["epoch"],

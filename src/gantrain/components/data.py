@@ -1,8 +1,8 @@
-"""Data sets, loaded whole into one float tensor in [-1, 1] so that batches are index slices."""
+"""Data sets, held whole as one tensor (images as uint8 pixels) so that batches are index slices."""
 import gzip
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,21 @@ log = logging.getLogger("gantrain")
 
 @dataclass
 class TensorData:
-    """A whole data set: x (N, C, H, W) float32 in [-1, 1]; y (N,) int64 labels or None."""
+    """A whole data set: x (N, C, H, W) uint8 pixels, or (N, 2) float points; y (N,) int64 labels or None;
+    the class names behind the labels, when known. Batches come from floats(): on the device, images in
+    [-1, 1]. In memory, x lives on the device (4x less of it as uint8 than as floats); streamed, x stays in
+    the host's memory-mapped prepared copy and each batch is gathered there and copied over."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
+    classes: list[str] | None = None
+    in_memory: str = "true"  # what the reader was asked (data.in_memory): auto | true | false
+    streamed: bool = False
+    mapped: bool = False  # x is a memory-mapped file (a prepared copy)
+    device: torch.device | None = None  # where batches go (x's own device unless streamed)
+
+    def __post_init__(self):
+        self.device = self.x.device if self.device is None else torch.device(self.device)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -30,18 +41,34 @@ class TensorData:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def floats(self, idx: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The examples x[idx] (all of them without idx) as floats on the device: uint8 pixels become
+        x / 127.5 - 1, as ToTensor + Normalize(0.5, 0.5) make them."""
+        x = self.x if idx is None else self.x[idx.to(self.x.device)]  # streamed: gathered on the host
+        if self.streamed and self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.to(self.device)
+        return x.to(dtype).div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.to(dtype)
+
     def to(self, device) -> "TensorData":
-        return TensorData(self.x.to(device), None if self.y is None else self.y.to(device))
+        """The whole set in `device`'s memory (read in whole from a memory-mapped file)."""
+        return replace(self, x=self.x.to(device, copy=self.mapped), y=None if self.y is None else self.y.to(device),
+                       streamed=False, mapped=False, device=device)
+
+    def streamed_to(self, device) -> "TensorData":
+        """Batches for `device` gathered from the host's copy of x (labels go to the device: they are small)."""
+        return replace(self, y=None if self.y is None else self.y.to(device), streamed=True, device=device)
 
 
-def from_uint8(images: np.ndarray | torch.Tensor, labels=None) -> TensorData:
-    """uint8 pixels (N, H, W) or (N, C, H, W) in 0..255 -> TensorData in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
-    x = torch.tensor(np.asarray(images)).float()  # a copy: IDX buffers are read-only
+def from_uint8(images: np.ndarray | torch.Tensor, labels=None, **kwargs) -> TensorData:
+    """uint8 pixels (N, H, W) or (N, C, H, W) in 0..255 -> TensorData (copied: IDX buffers are read-only;
+    a memory-mapped array stays mapped)."""
+    mapped = isinstance(images, np.memmap)
+    x = torch.from_numpy(images) if mapped else torch.tensor(np.asarray(images))
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    x = x.div_(127.5).sub_(1.0)
     y = None if labels is None else torch.tensor(np.asarray(labels)).long()
-    return TensorData(x.contiguous(), y)
+    return TensorData(x, y, mapped=mapped, **kwargs)
 
 
 @register("data", "mnist_sample")
@@ -130,11 +157,14 @@ def cifar10(root: str, download: bool = False) -> TensorData:
 
 
 @register("data", "folder")
-def folder(root: str, image_size: int = 64, channels: int = 3, labels: str = "auto") -> TensorData:
+def folder(root: str, image_size: int = 64, channels: int = 3, labels: str = "auto", in_memory: str = "auto") -> TensorData:
     """Every image under data.root (recursively), resized and centre-cropped to data.image_size, decoded once
-    into a prepared copy that later runs read back (data/prepared.py); one sub-folder per class gives labels."""
-    images, y, _ = prepare_folder(root, image_size, channels, labels)
-    return from_uint8(images, y)
+    into a prepared copy that later runs memory-map (data/prepared.py); one sub-folder per class gives labels.
+    in_memory: whether training copies it to the device (auto: when it fits) or streams it from the copy."""
+    if str(in_memory) not in ("auto", "true", "false", "True", "False"):
+        raise UserError(f"data.in_memory must be auto, true or false, got {in_memory!r}")
+    images, y, classes = prepare_folder(root, image_size, channels, labels)
+    return from_uint8(images, y, classes=classes, in_memory=str(in_memory).lower())
 
 
 def gaussian_mixture(means: np.ndarray, std: float, n: int, seed: int) -> TensorData:

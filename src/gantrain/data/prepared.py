@@ -8,19 +8,24 @@ the channels, the labels, the crop policy and FORMAT: a folder changed since it 
 It is written under a temporary name and renamed into place whole, so a killed preparation leaves nothing a
 later run would use, and of two runs preparing the same folder at once one rename wins and both use it.
 
+A .zip of such a folder reads the same as the folder, without being extracted (its entries' sizes and CRCs
+stand in for the files' sizes and times; a single top-level folder inside the archive is not a class).
+
 Decoding runs in spawned worker processes over all cores; this module imports no torch, so they start fast.
 JPEGs are decoded at a reduced size (Pillow's draft: the DCT scaled by 1/2, 1/4 or 1/8, never below the
 side asked for), which is most of the speed: the full-size pixels are never made.
 """
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
 import os
 import secrets
 import shutil
+import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -33,18 +38,35 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 CHUNK = 256  # images a worker decodes per task
 
 
-def image_files(top: Path) -> list[Path]:
-    return sorted(p for p in top.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+ZIP_SEP = "::"  # an image inside a zip: "<archive>::<entry>"
 
 
-def class_names(top: Path, files: list[Path], labels: str) -> list[str] | None:
+def image_files(top: Path) -> list[tuple[str, tuple[str, ...], str]]:
+    """Every image under `top` (a folder, or a .zip of one) in path order: (what decode() opens, its path
+    below the top as parts, its size and time or CRC)."""
+    if top.is_dir():
+        files = sorted(p for p in top.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return [(str(f), f.relative_to(top).parts, f"{f.stat().st_size}:{f.stat().st_mtime_ns}") for f in files]
+    try:
+        with zipfile.ZipFile(top) as archive:
+            infos = [i for i in archive.infolist() if not i.is_dir() and PurePosixPath(i.filename).suffix.lower() in IMAGE_SUFFIXES]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"data.root={top} is neither a folder nor a readable .zip ({e}); point it at a folder of images") from None
+    parts = [PurePosixPath(i.filename).parts for i in infos]
+    if parts and all(len(p) > 1 for p in parts) and len({p[0] for p in parts}) == 1:
+        parts = [p[1:] for p in parts]  # the archive of a folder: its top folder is the folder itself
+    entries = [(f"{top}{ZIP_SEP}{i.filename}", p, f"{i.file_size}:{i.CRC}") for i, p in zip(infos, parts)]
+    return sorted(entries, key=lambda e: e[1])
+
+
+def class_names(top: Path, files: list[tuple], labels: str) -> list[str] | None:
     """The classes (sub-folder names, sorted, as torchvision's ImageFolder) or None for no labels.
     labels=auto: classes when every image sits in a sub-folder and there are at least two of them."""
     if labels not in ("auto", "folders", "none"):
         raise UserError(f"data.labels must be auto, folders or none, got {labels!r}")
     if labels == "none":
         return None
-    parts = [f.relative_to(top).parts for f in files]
+    parts = [p for _, p, _ in files]
     names = sorted({p[0] for p in parts if len(p) > 1})
     if all(len(p) > 1 for p in parts) and len(names) >= 2:
         return names
@@ -55,9 +77,9 @@ def class_names(top: Path, files: list[Path], labels: str) -> list[str] | None:
     return None
 
 
-def decode(path: str, side: int, channels: int) -> np.ndarray | None:
-    """One image: the shorter side resized to `side` (bicubic, antialiased), then centre-cropped to side x
-    side; (C, side, side) uint8, or None when the file cannot be read."""
+def decode(path, side: int, channels: int) -> np.ndarray | None:
+    """One image (a path or an open file): the shorter side resized to `side` (bicubic, antialiased), then
+    centre-cropped to side x side; (C, side, side) uint8, or None when the file cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -78,26 +100,39 @@ def decode(path: str, side: int, channels: int) -> np.ndarray | None:
 def decode_chunk(paths: list[str], side: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Images of one task, (n, C, side, side) uint8 (zeros where unreadable), and which ones were read."""
     out, ok = np.zeros((len(paths), channels, side, side), np.uint8), np.zeros(len(paths), bool)
-    for i, path in enumerate(paths):
-        pixels = decode(path, side, channels)
-        if pixels is not None:
-            out[i], ok[i] = pixels, True
+    archives = {}
+    try:
+        for i, path in enumerate(paths):
+            if ZIP_SEP in path:  # one open archive per task, read entry by entry
+                name, entry = path.split(ZIP_SEP, 1)
+                archive = archives.get(name) or archives.setdefault(name, zipfile.ZipFile(name))
+                try:
+                    with archive.open(entry) as f:
+                        pixels = decode(io.BytesIO(f.read()), side, channels)
+                except (zipfile.BadZipFile, OSError, KeyError):
+                    pixels = None
+            else:
+                pixels = decode(path, side, channels)
+            if pixels is not None:
+                out[i], ok[i] = pixels, True
+    finally:
+        for archive in archives.values():
+            archive.close()
     return out, ok
 
 
-def fingerprint(top: Path, files: list[Path], side: int, channels: int, classes) -> str:
+def fingerprint(files: list[tuple], side: int, channels: int, classes) -> str:
     h = hashlib.sha256(json.dumps({"format": FORMAT, "side": side, "channels": channels, "classes": classes,
                                    "crop": "short-side bicubic, centre"}).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(top)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for _, parts, signature in files:
+        h.update(f"{'/'.join(parts)}\0{signature}\n".encode())
     return h.hexdigest()[:20]
 
 
 def open_prepared(folder: Path, meta: dict) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The prepared arrays, memory-mapped, or None when the folder is incomplete, truncated or foreign."""
     try:
-        images = np.load(folder / "images.npy", mmap_mode="r")
+        images = np.load(folder / "images.npy", mmap_mode="c")  # copy-on-write: torch wants it writable; never written
         labels = np.load(folder / "labels.npy") if meta["classes"] else None
     except (OSError, ValueError, EOFError):
         return None
@@ -111,13 +146,13 @@ def prepare_folder(root: str, side: int, channels: int, labels: str = "auto", wo
     """(images (N, C, side, side) uint8 memory-mapped, labels (N,) or None, class names or None) of every image
     under root: prepared now if no prepared folder matches, else read back in a moment."""
     top = Path(root).expanduser()
-    if not top.is_dir():
-        raise UserError(f"data.root={top} is not a folder; point it at a folder of images")
+    if not top.is_dir() and not (top.is_file() and top.suffix.lower() == ".zip"):
+        raise UserError(f"data.root={top} is not a folder or a .zip; point it at a folder of images")
     if channels not in (1, 3):
         raise UserError(f"data.channels must be 1 or 3, got {channels}")
     files = image_files(top)
     classes = class_names(top, files, labels)
-    key = fingerprint(top, files, side, channels, classes)
+    key = fingerprint(files, side, channels, classes)
     home = cache_dir() / "prepared"
     folder = home / key
     meta = read_meta(folder)
@@ -161,7 +196,7 @@ def write_prepared(top: Path, files: list[Path], classes, side: int, channels: i
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(files), channels, side, side))
         ok = np.zeros(len(files), bool)
-        chunks = [[str(f) for f in files[i:i + CHUNK]] for i in range(0, len(files), CHUNK)]
+        chunks = [[path for path, _, _ in files[i:i + CHUNK]] for i in range(0, len(files), CHUNK)]
         workers = min(workers or os.cpu_count() or 1, len(chunks))
         log.info(f"data: preparing {len(files)} images of {top} at {side}x{side} once, in {workers} process(es)")
         with tqdm(total=len(files), unit="img", desc="prepare", disable=None) as bar:
@@ -190,7 +225,7 @@ def write_prepared(top: Path, files: list[Path], classes, side: int, channels: i
             del images
         if classes:
             index = {name: i for i, name in enumerate(classes)}
-            np.save(tmp / "labels.npy", np.array([index[f.relative_to(top).parts[0]] for f in files], np.int64)[ok])
+            np.save(tmp / "labels.npy", np.array([index[parts[0]] for _, parts, _ in files], np.int64)[ok])
         meta = {"format": FORMAT, "root": str(top.resolve()), "files": len(files), "n": len(files) - broken,
                 "unreadable": broken, "side": side, "channels": channels, "classes": classes}
         (tmp / "meta.json").write_text(json.dumps(meta))

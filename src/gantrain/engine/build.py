@@ -46,7 +46,7 @@ def build_networks(cfg, data_shape, num_classes: int = 0) -> tuple[torch.nn.Modu
 def seed_heads(G: torch.nn.Module, cfg, data: TensorData) -> None:
     """model.seed_heads: G's heads start at data points (k-means++ seeding over 10,000 of them), from the seed."""
     if cfg.model.get("seed_heads", False):  # 2D data and heads > 1: check_train_config made sure
-        G.heads.seed_(data.x[:10_000].cpu(), torch.Generator().manual_seed(cfg.seed))
+        G.heads.seed_(data.floats(torch.arange(min(len(data), 10_000))).cpu(), torch.Generator().manual_seed(cfg.seed))
 
 
 def classes_of(cfg, data: TensorData) -> int:

@@ -39,7 +39,7 @@ def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch
     in the networks' dtype; draws are made in float32 whatever it is, so an fp64 run sees the fp32 run's."""
     per_step = batch_size * n_critic
     idx = orders[:, i * per_step:(i + 1) * per_step].view(len(orders), n_critic, batch_size)
-    inputs = {"real": data.x[idx].to(dtype)}
+    inputs = {"real": data.floats(idx, dtype)}
     if num_classes:
         inputs["y_real"] = data.y[idx]
     draws = [member_draws(gen, batch_size, latent_size, n_critic, num_classes, loss, augment) for gen in gens]

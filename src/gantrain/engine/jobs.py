@@ -128,7 +128,7 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
     set_matmul_precision(cfg.trainer.precision)
-    data = load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",))).to(device)
+    data = place(load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",))), device)
     if cfg.batch_size * cfg.n_critic > len(data):
         raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
                         f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
@@ -145,6 +145,18 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
     for start in range(0, len(jobs), k_max):
         members += train_stack(jobs[start:start + k_max], data, num_classes, device, stop_signals)
     return members
+
+
+def place(data: TensorData, device: torch.device) -> TensorData:
+    """The data set in the device's memory, or streamed from its memory-mapped copy when it was asked to be
+    (data.in_memory=false) or does not fit (auto: more than half the device's free memory)."""
+    if data.in_memory == "auto" and data.mapped:
+        free = free_bytes(device)
+        if data.x.nbytes > 0.5 * free:
+            log.info(f"data: {data.x.nbytes / 2**30:.1f} GiB of images, {free / 2**30:.1f} GiB free on {device}: "
+                     f"streamed from the prepared copy (data.in_memory=true to insist)")
+            return data.streamed_to(device)
+    return data.streamed_to(device) if data.in_memory == "false" and data.mapped else data.to(device)
 
 
 def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: torch.device,

@@ -58,7 +58,7 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
     """Train the members from `where` to their epochs (orders: each member's data order when resuming
     mid-epoch, (K, N)). A member whose loss goes NaN/Inf stops alone (on_nan=stop); one of stop_signals
     stops all of them with a checkpoint each, mid-epoch, that resumes exactly."""
-    cfg, K, device = members[0].cfg, len(members), data.x.device  # shared keys: batch_size, epochs, n_critic...
+    cfg, K, device = members[0].cfg, len(members), data.device  # shared keys: batch_size, epochs, n_critic...
     steps_per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)  # a last partial batch is dropped
     last_step = cfg.epochs * steps_per_epoch
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
@@ -86,7 +86,7 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
                         stop_diverged(history[:, :i + 1], where, members)
                         log_rows(history[:, i], nets.skipped, where, steps_per_epoch, members, logging_now)
                     if caught:
-                        interrupt(caught[0], nets, members, where, orders, data.shape, num_classes)
+                        interrupt(caught[0], nets, members, where, orders, data, num_classes)
                 stop_diverged(history, where, members)  # before anything of this epoch is saved
                 seconds["steps"] += time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -127,14 +127,15 @@ def log_rows(stats: torch.Tensor, skipped: torch.Tensor, where: Where, steps_per
             members[k].log_stats(where, steps_per_epoch, rows[k][:4], int(rows[k][4]))
 
 
-def interrupt(signum: int, nets, members: list[Member], where: Where, orders, data_shape, num_classes: int):
+def interrupt(signum: int, nets, members: list[Member], where: Where, orders, data, num_classes: int):
     """A mid-epoch checkpoint for every member, holding its epoch's data order and position, then exit
     128 + signum (the members' status becomes `interrupted`: jobs.py)."""
     name = signal.Signals(signum).name
     for k, m in enumerate(members):
         if m.alive:
             path = m.run_dir / "checkpoints" / "last.pt"
-            save_checkpoint(path, m.checkpoint_state(nets.member_state(k), where, orders[k], data_shape, num_classes))
+            save_checkpoint(path, m.checkpoint_state(nets.member_state(k), where, orders[k], data.shape, num_classes,
+                                                     data.classes if num_classes else None))
             m.say(f"{name}: stopped at epoch {where.epoch + 1}, step {where.step}; saved {path}\n"
                   f"resume with: gantrain train resume={path}")
     raise SystemExit(128 + signum)
@@ -148,11 +149,11 @@ class EpochOutputs:
 
     def __init__(self, nets, members: list[Member], data, num_classes: int, writer: ThreadPoolExecutor):
         self.nets, self.members, self.data, self.num_classes = nets, members, data, num_classes
-        device = data.x.device
+        device = data.device
         self.fixed_z = torch.stack([fixed_latents(m.cfg, data) for m in members]).to(device)  # (K, n, latent)
         n = self.fixed_z.shape[1]
         self.fixed_y = (torch.arange(n, device=device) % num_classes).expand(len(members), n) if num_classes else None
-        self.real_points = artifacts.pixels(data.x[:n]) if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
+        self.real_points = artifacts.pixels(data.floats(torch.arange(min(n, len(data))))) if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
         self.pending = [writer.submit(self.save_real_images, artifacts.pixels(artifacts.real_examples(data)))]  # off the path to the first step
 
     def save_real_images(self, picture) -> None:
@@ -174,7 +175,8 @@ class EpochOutputs:
                 pngs[k] = members[k].run_dir / "samples" / f"epoch_{where.epoch:04d}.png"
                 writes.append(writer.submit(artifacts.write_picture, artifacts.pixels(images[j]), pngs[k], self.real_points))
         # RNG reads, config resolving, optimizer state copies: only for the members that need a state
-        states = {k: members[k].checkpoint_state(nets.member_state(k), where, None, self.data.shape, self.num_classes)
+        names = self.data.classes if self.num_classes else None
+        states = {k: members[k].checkpoint_state(nets.member_state(k), where, None, self.data.shape, self.num_classes, names)
                   for k in sorted(set(keep) | set(evaluate))}
         for k in keep:
             path = members[k].run_dir / "checkpoints" / "last.pt"

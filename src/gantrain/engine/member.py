@@ -71,11 +71,11 @@ class Member:
         self.csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
 
     def checkpoint_state(self, nets_state: dict, where: Where, order: torch.Tensor | None, data_shape,
-                         num_classes: int) -> dict:
+                         num_classes: int, class_names: list[str] | None = None) -> dict:
         """What a checkpoint holds: tensors and plain values only (see checkpoint.py). `order` is this
         member's data order when the checkpoint is taken mid-epoch (where.position > 0)."""
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "data_shape": list(data_shape),
-                "num_classes": num_classes, "epoch": where.epoch, "step": where.step, "position": where.position,
+                "num_classes": num_classes, "class_names": class_names, "epoch": where.epoch, "step": where.step, "position": where.position,
                 "order": order.cpu() if where.position else None, **nets_state, "rng": rng_state(self.gen)}
 
     def record_eval(self, results: dict, state: dict, where: Where) -> None:

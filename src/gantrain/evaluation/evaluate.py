@@ -59,11 +59,11 @@ def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
         return _references[key]
     path = cache_dir() / "references" / f"{key[0]}-n{n}-v{REFERENCE_VERSION}.pt"
     try:
-        saved = torch.load(path, map_location=data.x.device, weights_only=True)
+        saved = torch.load(path, map_location=data.device, weights_only=True)
         reference = metrics.RealReference(saved["feats"], saved["radii"], saved["k"])
     except Exception:  # not there yet, or unreadable: a cache entry is only ever recomputed
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].to(data.x.device)
-        reference = metrics.real_reference(features(net, data.x[idx]))
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].to(data.device)
+        reference = metrics.real_reference(features(net, data.floats(idx)))
         atomic_save(path, {"feats": reference.feats.cpu(), "radii": reference.radii.cpu(), "k": reference.k})
     _references[key] = reference
     return reference
@@ -79,9 +79,9 @@ def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, n
             return [{} for _ in seeds]
         latents = [eval_latents(PROTOCOL_POINTS, latent_size, num_classes, s) for s in seeds]
         with torch.no_grad():
-            points = torch.cat(list(samples_in_chunks(sample, list(range(len(seeds))), latents, data.x.device)), dim=1)
+            points = torch.cat(list(samples_in_chunks(sample, list(range(len(seeds))), latents, data.device)), dim=1)
         return [metrics.mixture_metrics(data_name, p, n_real=len(data)) for p in points]
-    net, score, what = feature_net(data, data.x.device)  # trained once (with gradients), then cached
+    net, score, what = feature_net(data, data.device)  # trained once (with gradients), then cached
     with torch.no_grad():
         return image_results(sample, data, latent_size, num_classes, seeds, ns, net, score, what)
 
@@ -96,7 +96,7 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
         group = [j for j in range(len(seeds)) if min(ns[j], len(data)) == n]
         latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]
         feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
-                           for x in samples_in_chunks(sample, group, latents, data.x.device)], dim=1)  # (M', n, F)
+                           for x in samples_in_chunks(sample, group, latents, data.device)], dim=1)  # (M', n, F)
         for j, f in zip(group, feats):
             out = metrics.image_metrics(real_reference(net, data, n), f, net.logits(f), classes)
             out["feature_net_accuracy"] = metrics.entry(score, n_held, 0, note=what)

@@ -66,7 +66,7 @@ def accuracy(net: FeatureNet, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def train_feature_net(data: TensorData, device: torch.device) -> tuple[FeatureNet, float]:
     """Train on the training split; returns the net and its accuracy on the held-out split."""
-    x, y = data.x.to(device), data.y.to(device)
+    x, y = data.floats().to(device), data.y.to(device)
     train_idx, held_idx = (i.to(device) for i in split(len(x)))
     gen = torch.Generator(device).manual_seed(0)
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def load_or_train(data: TensorData, device: torch.device) -> tuple[nn.Module, fl
         log.info(f"feature network: no labels, so training a contrastive encoder on {len(data)} images by "
                  f"self-supervision (once; cached in {path.parent})")
         train_idx, held_idx = (i.to(device) for i in split(len(data)))
-        net, score = train_contrastive(data.x.to(device)[train_idx], data.x.to(device)[held_idx])
+        net, score = train_contrastive(data.floats(train_idx).to(device), data.floats(held_idx).to(device))
     atomic_save(path, {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "score": score,
                        "num_classes": net.head.out_features if labelled else 0})
     log.info(f"feature network: {what} {score:.4f} on {len(split(len(data))[1])} examples, trained in "

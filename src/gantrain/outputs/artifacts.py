@@ -63,7 +63,7 @@ def save_examples(x: torch.Tensor, path: Path, nrow: int = 8, real: torch.Tensor
 
 def real_examples(data) -> torch.Tensor:
     """The first training examples (64 images or 2,500 points), to compare samples against."""
-    return data.x[:2500] if data.x.dim() == 2 else data.x[:64]
+    return data.floats(torch.arange(min(len(data), 2500 if data.x.dim() == 2 else 64)))
 
 
 def save_real_images(data, path: Path) -> None:
