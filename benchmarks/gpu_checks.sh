@@ -6,13 +6,14 @@
 #    steps (120,000 steps) per member, on 60,000 MNIST-format images -- if step 1 says it can end in time,
 #    else 2 epochs of it (every default: samples, checkpoints, eval), to check the pipeline;
 # 3. the tests that name a device, on the GPU (members = lone runs over losses x models x optimizers, resume);
-# 4. bench_train on the GPU.
+# 4. bench_train on the GPU (the floor, the step in its loop, a whole process);
+# 5. bench_data: a folder of photos prepared, then fed to a 64-px DCGAN in memory, streamed and by a DataLoader.
 # Where gantrain is not installed (a bare GPU machine with torch), it runs from the checkout: src/ and any
 # pure-Python packages copied into .devsite/ go on PYTHONPATH (the GPU image has torch, torchmetrics, rich,
 # matplotlib; copy hydra, omegaconf, antlr4 and mlxtend from .venv's site-packages into an ignored .devsite/
 # and carry it). DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
 # Knobs: SET="trainer.precision=tf32" (overrides for the benchmark and the sweep), SWEEP_SET="eval.enabled=false"
-# (the sweep only), SKIP="bench_sweep tests bench_train", PROFILE=1 (the stacked step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
+# (the sweep only), SKIP="bench_sweep tests bench_train bench_data", PROFILE=1 (the stacked step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
 set -u
 work=${1:-/tmp/gpu_checks}  # data and run dirs (large)
 results=${2:-$work/results}  # the report, a member's curves and samples
@@ -68,4 +69,8 @@ skip tests || timeout "${TEST_LIMIT:-300}" env GANTRAIN_TEST_DEVICE=$device pyth
 
 stage "bench_train"
 skip bench_train || python3 benchmarks/bench_train.py --device "$device" --steps "$steps" --rounds 3
+
+stage "bench_data: 20,000 CelebA-shaped JPEGs prepared once, served in memory, streamed and by a DataLoader"
+skip bench_data || python3 benchmarks/bench_data.py --device "$device" --images "${DATA_IMAGES:-20000}" --steps 50 \
+    --keep "$work/celeba_like"
 stage "done"

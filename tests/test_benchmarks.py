@@ -54,3 +54,12 @@ def test_ssl_ladder_benchmark_prints_the_ladder(tmp_path):
     out = run("ssl_ladder.py", "--root", str(root), "--sizes", "32", "--steps", "3")
     row = next(line for line in out.splitlines() if line.startswith("| 32 | 3 |"))
     assert len(row.split("|")[5].split("/")) == 5 and row.rstrip().endswith(("holds |", "BROKEN |"))
+
+
+def test_bench_data_prepares_serves_and_feeds_each_way(tmp_path):
+    out = run("bench_data.py", "--images", "64", "--sizes", "32", "--steps", "1", "--batches", "2", "--batch-size", "8",
+              "--keep", str(tmp_path / "jpegs"))
+    assert len(list((tmp_path / "jpegs").rglob("*.jpg"))) == 64 and len(list((tmp_path / "jpegs").glob("class*"))) == 4
+    for row in ("prepare at  32 px", "DataLoader epoch  32 px", "second run to its first step", "batches served, in memory",
+                "batches served, streamed", "batches served, DataLoader", "DCGAN 32 px fed streamed", "streamed / in memory"):
+        assert row in out, row

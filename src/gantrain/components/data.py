@@ -51,9 +51,10 @@ class TensorData:
         return x.to(dtype).div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.to(dtype)
 
     def to(self, device) -> "TensorData":
-        """The whole set in `device`'s memory (read in whole from a memory-mapped file)."""
-        return replace(self, x=self.x.to(device, copy=self.mapped), y=None if self.y is None else self.y.to(device),
-                       streamed=False, mapped=False, device=device)
+        """The whole set in `device`'s memory. On the CPU a memory-mapped copy stays mapped: once read, its pages
+        are that memory, and a second copy would double it."""
+        return replace(self, x=self.x.to(device), y=None if self.y is None else self.y.to(device), streamed=False,
+                       device=device)
 
     def streamed_to(self, device) -> "TensorData":
         """Batches for `device` gathered from the host's copy of x (labels go to the device: they are small)."""

@@ -25,6 +25,7 @@ import secrets
 import shutil
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -199,16 +200,21 @@ def write_prepared(top: Path, files: list[Path], classes, side: int, channels: i
         chunks = [[path for path, _, _ in files[i:i + CHUNK]] for i in range(0, len(files), CHUNK)]
         workers = min(workers or os.cpu_count() or 1, len(chunks))
         log.info(f"data: preparing {len(files)} images of {top} at {side}x{side} once, in {workers} process(es)")
+        done = set()  # chunks decoded
         with tqdm(total=len(files), unit="img", desc="prepare", disable=None) as bar:
             if workers > 1:
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    futures = {pool.submit(decode_chunk, c, side, channels): i for i, c in enumerate(chunks)}
-                    for future in as_completed(futures):
-                        start = futures[future] * CHUNK
-                        images[start:start + CHUNK], ok[start:start + CHUNK] = future.result()
-                        bar.update(len(chunks[futures[future]]))
-            else:
-                for i, chunk in enumerate(chunks):
+                try:
+                    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                        futures = {pool.submit(decode_chunk, c, side, channels): i for i, c in enumerate(chunks)}
+                        for future in as_completed(futures):
+                            i = futures[future]
+                            images[i * CHUNK:(i + 1) * CHUNK], ok[i * CHUNK:(i + 1) * CHUNK] = future.result()
+                            done.add(i)
+                            bar.update(len(chunks[i]))
+                except (BrokenProcessPool, RuntimeError) as e:  # workers that cannot start cost only the speed-up
+                    log.warning(f"data: decoding in {workers} processes failed ({type(e).__name__}); decoding here")
+            for i, chunk in enumerate(chunks):
+                if i not in done:
                     images[i * CHUNK:(i + 1) * CHUNK], ok[i * CHUNK:(i + 1) * CHUNK] = decode_chunk(chunk, side, channels)
                     bar.update(len(chunk))
         broken = int((~ok).sum())
