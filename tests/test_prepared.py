@@ -135,7 +135,7 @@ def test_uint8_batches_train_the_same_weights_as_the_float_data_set_they_stand_f
     import torch
 
     from conftest import compose_train
-    from gantrain.components.data import TensorData
+    from gantrain.data.tensors import TensorData
     from gantrain.engine.build import build_stack
     from gantrain.engine.inputs import epoch_order
 

@@ -12,7 +12,8 @@ from torch import nn
 from conftest import Evil, tiny_images, write_idx
 from gantrain.outputs.checkpoint import load_checkpoint
 from gantrain.commands.listing import experiment_presets
-from gantrain.components.data import TensorData, load_data
+from gantrain.components.data import load_data
+from gantrain.data.tensors import TensorData
 from gantrain.errors import UserError
 from gantrain.components.layers import SNConv2d, SNLinear, SpectralNorm
 from gantrain.components.losses import BCELoss, WGANGPLoss

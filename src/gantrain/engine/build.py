@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from gantrain.components.data import TensorData
+from gantrain.data.tensors import TensorData
 from gantrain.components.registry import lookup
 from gantrain.config import bad_option, kwargs_of, stored_config
 from gantrain.engine.cuda_graph import graphed

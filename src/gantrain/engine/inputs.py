@@ -7,7 +7,7 @@ partial batch is dropped (as DataLoader(drop_last=True)), and the dropped exampl
 """
 import torch
 
-from gantrain.components.data import TensorData
+from gantrain.data.tensors import TensorData
 
 
 def epoch_order(n: int, gen: torch.Generator) -> torch.Tensor:

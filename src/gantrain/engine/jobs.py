@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gantrain.components.data import TensorData, load_data
+from gantrain.components.data import load_data
+from gantrain.data.tensors import TensorData
 from gantrain.config import check_train_config, config_for_resume, kwargs_of, pick_device, user_path
 from gantrain.engine.build import build_networks, build_stack, classes_of, set_matmul_precision
 from gantrain.engine.loop import STOP_SIGNALS, fit

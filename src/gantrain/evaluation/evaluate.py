@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from gantrain.components.data import MIXTURES, TensorData
+from gantrain.components.data import MIXTURES
+from gantrain.data.tensors import TensorData
 from gantrain.errors import UserError
 from gantrain.evaluation import metrics
 from gantrain.cache import cache_dir

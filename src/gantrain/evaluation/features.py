@@ -16,7 +16,7 @@ from torch import nn
 
 from gantrain.cache import cache_dir
 from gantrain.outputs.checkpoint import atomic_save
-from gantrain.components.data import TensorData
+from gantrain.data.tensors import TensorData
 from gantrain.evaluation.contrastive import ContrastiveNet, train_contrastive
 from gantrain.evaluation.encoder import EncoderNet
 
