@@ -126,6 +126,10 @@ def test_eval_command_prints_a_table_and_writes_metrics_json(tmp_path, base_cfg)
     assert "fd" in result.stdout and "precision" in result.stdout and "n_fake" in result.stdout
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["metrics"]["fd"]["n_fake"] == 50 and saved["epoch"] == 1
+    assert "more than the data set" not in result.stdout
+    more = run_cli("eval", f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", "n=500", "out=ev2", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr  # 120 images: said in one line, not only in the n columns
+    assert "eval: n=500 is more than the data set's 120 examples: 120 generated images are compared with 120 real ones" in more.stdout
 
 
 @pytest.fixture(scope="module")

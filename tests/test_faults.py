@@ -141,9 +141,17 @@ def test_nan_stops_and_names_the_step_and_the_last_good_checkpoint(cfg, tmp_path
         train(cfg, tmp_path, [])
     message = str(e.value)
     assert "non-finite at step 8" in message and f"{tmp_path / 'checkpoints' / 'last.pt'} (epoch 1)" in message
+    assert "resume from it with a lower optim.lr" in message and "d_loss nan" in message
     good = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert good["epoch"] == 1  # the epoch-1 checkpoint is intact and holds finite weights
     assert all(torch.isfinite(v).all() for v in good["G"].values())
+
+
+def test_nan_before_any_checkpoint_says_to_start_again(cfg, tmp_path, nan_loss):
+    with pytest.raises(UserError) as e:
+        train(with_nan_loss(cfg, at_call=2), tmp_path, [])
+    assert "no checkpoint was written yet; start again with a lower optim.lr, or set on_nan=skip" in str(e.value)
+    assert "none yet" not in str(e.value) and "Resume from it" not in str(e.value)
 
 
 def test_nan_skip_skips_the_update_and_counts_it(cfg, tmp_path, nan_loss, caplog):
@@ -168,7 +176,25 @@ def test_full_disk_keeps_the_previous_checkpoint(cfg, tmp_path, monkeypatch):
         real_save(obj, f)
 
     monkeypatch.setattr(checkpoint.torch, "save", save_then_fill_the_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="no space left on the device .the previous last.pt, if any, is intact") as e:
         train(cfg, tmp_path, [])
+    assert e.value.filename == str(tmp_path / "checkpoints" / "last.pt")  # the checkpoint, not its temp file
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # no temp file left (best.pt may be written beside)
+
+
+def test_a_full_disk_at_the_first_checkpoint_is_one_line_naming_the_file(mnist_root, tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as a RuntimeError ('unexpected pos'): it was a 60-line traceback."""
+    from conftest import TINY, run_cli
+
+    def full(obj, f):
+        f.write(b"x" * 64)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    result = run_cli("train", *TINY, "data=mnist", f"data.root={mnist_root}", "eval.enabled=false", "hydra.run.dir=run",
+                     cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and f"{tmp_path / 'run' / 'checkpoints' / 'last.pt'}" in line and "the write failed" in line
+    assert not list((tmp_path / "run" / "checkpoints").glob("*"))  # no half file

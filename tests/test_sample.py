@@ -48,6 +48,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, moved_ckpt):
 
 def test_interpolation_grid_has_k_rows(tmp_path, moved_ckpt):
     assert sample(tmp_path, f"ckpt={moved_ckpt}", "interpolate=3", "nrow=5", "out=i").returncode == 0
+    refused = sample(tmp_path, f"ckpt={moved_ckpt}", "interpolate=8", "format=npz", "out=j")  # it wrote a PNG
+    assert refused.returncode == 1 and "format=npz cannot hold it" in refused.stderr and not (tmp_path / "j").exists()
     assert Image.open(tmp_path / "i" / "interpolation.png").size == (5 * 30 + 2, 3 * 30 + 2)
 
 

@@ -24,6 +24,9 @@ def check_sample_config(cfg: DictConfig) -> None:
             raise UserError(f"{key} must be an integer >= {low}, got {cfg[key]!r}; e.g. {key}={example}")
     if cfg.format not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}; e.g. format=grid")
+    if cfg.interpolate > 0 and cfg.format != "grid":
+        raise UserError(f"interpolate={cfg.interpolate} draws its rows as one PNG grid, so format={cfg.format} cannot "
+                        f"hold it; drop format (or interpolate)")
     if str(cfg.ema) not in ("auto", "True", "False"):
         raise UserError(f"ema must be auto, true or false, got {cfg.ema!r}; e.g. ema=auto")
     if cfg.label is not None and (not is_int(cfg.label) or cfg.label < 0):

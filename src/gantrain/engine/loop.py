@@ -63,7 +63,8 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
     last_step = cfg.epochs * steps_per_epoch
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
     nets = stack.nets
-    seconds, first_step = {"steps": 0.0, "samples, checkpoints, eval": 0.0}, where.step
+    outputs_are = "samples, checkpoints and eval" if any(m.evaluating for m in members) else "samples and checkpoints"
+    seconds, first_step = {"steps": 0.0, outputs_are: 0.0}, where.step
     for m in members:
         m.say(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, {steps_per_epoch} "
               f"steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {m.run_dir}")
@@ -92,7 +93,7 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
                 tick = time.perf_counter()
                 where.epoch, where.position, orders = where.epoch + 1, 0, None
                 outputs.write(where, where.epoch == cfg.epochs, writer)
-                seconds["samples, checkpoints, eval"] += time.perf_counter() - tick
+                seconds[outputs_are] += time.perf_counter() - tick
     finally:
         for m in members:
             m.close()
@@ -110,9 +111,10 @@ def stop_diverged(history: torch.Tensor, where: Where, members: list[Member]) ->
         if m.alive:
             i = int(bad[k].nonzero()[0])
             d_loss, g_loss = history[k, i, :2].tolist()
-            m.alive, m.failure = False, (
-                f"loss became non-finite at step {where.step - where.position + i + 1} (d_loss {d_loss}, g_loss "
-                f"{g_loss}); last good checkpoint: {m.last_ckpt}. Resume from it with a lower optim.lr, or set on_nan=skip")
+            fix = (f"last good checkpoint: {m.last_ckpt}; resume from it with a lower optim.lr" if m.last_ckpt else
+                   "no checkpoint was written yet; start again with a lower optim.lr")
+            m.alive, m.failure = False, (f"loss became non-finite at step {where.step - where.position + i + 1} (d_loss "
+                                         f"{d_loss:.4g}, g_loss {g_loss:.4g}); {fix}, or set on_nan=skip")
             write_status(m.run_dir, "failed", reason=m.failure)
             if len(members) > 1:  # a lone run's failure ends the command with this line (jobs.py)
                 m.say(f"stopped: {m.failure}", logging.ERROR)
@@ -200,8 +202,8 @@ def finish(members: list[Member], where: Where, first_step: int, seconds: dict) 
     steps, K = where.step - first_step, len(members)
     if K > 1:  # what a stack bought: steps/s of the whole stack, and what its files cost
         log.info(f"stack of {K} members: {steps} steps in {seconds['steps']:.1f} s ({steps / max(seconds['steps'], 1e-9):.1f} "
-                 f"stacked steps/s, {K * steps / max(seconds['steps'], 1e-9):.0f} member-steps/s); samples, checkpoints "
-                 f"and eval {seconds['samples, checkpoints, eval']:.1f} s")
+                 f"stacked steps/s, {K * steps / max(seconds['steps'], 1e-9):.0f} member-steps/s); "
+                 + ", ".join(f"{what} {s:.1f} s" for what, s in seconds.items() if what != "steps"))
     for m in members:
         if m.alive:
             write_status(m.run_dir, "done", **({} if m.score is None else {"metric": m.score}))

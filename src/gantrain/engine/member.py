@@ -40,7 +40,7 @@ class Member:
         self.cfg, self.run_dir, self.evaluating, self.prefix = cfg, run_dir, evaluating, prefix
         self.gen = torch.Generator(device).manual_seed(cfg.seed)  # data order, noise and the loss's draws
         self.alive, self.failure, self.best, self.score = True, None, None, None
-        self.last_ckpt = f"{user_path(cfg.resume)}" if cfg.resume else "none yet"
+        self.last_ckpt = f"{user_path(cfg.resume)}" if cfg.resume else None  # where a diverged run can resume from
         run_dir.mkdir(parents=True, exist_ok=True)
         self.csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
         self.tracker = open_tracker(cfg.logger.name, run_dir)

@@ -93,6 +93,9 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
     with the others'."""
     classes, n_held = (0 if data.y is None else int(data.y.max()) + 1), len(split(len(data))[1])
     results: list[dict] = [{} for _ in seeds]
+    if max(ns) > len(data):
+        log.info(f"eval: n={max(ns)} is more than the data set's {len(data)} examples: {len(data)} generated images "
+                 f"are compared with {len(data)} real ones")
     for n in sorted({min(n, len(data)) for n in ns}):  # members compared with as many real examples share a pass
         group = [j for j in range(len(seeds)) if min(ns[j], len(data)) == n]
         latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]

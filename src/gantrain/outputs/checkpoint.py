@@ -1,9 +1,11 @@
 """Checkpoints: tensors and plain Python values only, written atomically, loaded with weights_only=True."""
+import errno
 import os
 import pickle
 import random
 import re
 import secrets
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -29,6 +31,13 @@ def atomic_save(path: Path, obj) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half of one
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        full = shutil.disk_usage(path.parent).free < 2**20
+        why = "no space left on the device" if full or getattr(e, "errno", None) == errno.ENOSPC else (
+            getattr(e, "strerror", None) or f"the write failed: {str(e).splitlines()[0][:80]}")
+        raise OSError(errno.ENOSPC if full else getattr(e, "errno", None) or errno.EIO,
+                      f"{why} (the previous {path.name}, if any, is intact)", str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
