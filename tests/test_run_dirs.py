@@ -1,6 +1,7 @@
 """Data safety: runs started together never share a run dir, a named dir that holds a run is refused
 before anything is written, and checkpoints get the mode any file the user writes gets."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -65,3 +66,20 @@ def test_checkpoints_follow_the_umask_like_any_file(tmp_path, umask):
     mode = lambda name: (tmp_path / name).stat().st_mode & 0o777
     assert mode("last.pt") == mode("plain.txt") == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_command_refused_for_bad_input_leaves_no_run_dir(tmp_path, mnist_root, one_epoch_ckpt):
+    """A refused resume, sample or eval used to leave outputs/<command>/<date>/<time>/ behind (train with a
+    'failed' status.json), which gantrain report then listed."""
+    refused = [("train", "resume=missing.pt", "data=mnist", f"data.root={mnist_root}"),
+               ("train", f"resume={one_epoch_ckpt}", "model=dcgan"),  # the checkpoint's network is another
+               ("sample", "ckpt=missing.pt"), ("eval", f"ckpt={one_epoch_ckpt}", "n=1")]
+    for args in refused:
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, (args, result.stderr)
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.*")), list((tmp_path / "outputs").rglob("*"))
+    kept = run_cli("train", "data=mnist", f"data.root={mnist_root}", "epochs=1", "batch_size=20", "hidden_size=8",
+                   "latent_size=8", "eval.enabled=false", "on_nan=stop", "optim.lr=inf", cwd=tmp_path)
+    assert kept.returncode == 1 and "non-finite" in kept.stderr  # refused after training started: its files stay
+    (run,) = (tmp_path / "outputs" / "train").glob("*/*")
+    assert (run / "metrics.csv").is_file() and json.loads((run / "status.json").read_text())["state"] == "failed"

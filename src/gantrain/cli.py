@@ -11,10 +11,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gantrain.errors import UserError, error_line, show_tracebacks
-from gantrain.outputs.rundirs import Refused, new_dir
+from gantrain.outputs.rundirs import Refused, new_dir, release
 from hydra_plugins.gantrain_launcher.stacked_launcher import register as register_launcher
 
 OmegaConf.register_new_resolver("gantrain.new_dir", new_dir, use_cache=True)  # conf/*.yaml: hydra.run.dir
@@ -51,20 +52,22 @@ def print_error(cmd: str, e: Exception) -> bool:
 
 
 def one_line_errors(task):
-    """Run a command's task; a user's mistake becomes one line on stderr and exit status 1, not a traceback."""
+    """Run a command's task; a user's mistake becomes one line on stderr and exit status 1, not a traceback,
+    and a single run refused that way leaves no run dir behind (a sweep keeps its jobs' statuses)."""
     try:
         return task()
     except Exception as e:
-        if not print_error(HydraConfig.get().job.name, e):
+        hc = HydraConfig.get()
+        if not print_error(hc.job.name, e):
             raise
+        if hc.mode == RunMode.RUN:
+            release(Path(hc.runtime.output_dir), hc.job.name)
         raise SystemExit(1) from None
 
 
 # The commands' modules import torch, so each app imports its own when it runs: --help and --cfg stay fast.
 @hydra.main(config_path=CONF, config_name="train", version_base=None)
 def train_app(cfg: DictConfig):
-    from hydra.types import RunMode
-
     from gantrain.commands.train import train_command
 
     hc = HydraConfig.get()

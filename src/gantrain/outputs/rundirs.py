@@ -61,6 +61,29 @@ def claim(run_dir: Path, what: str = "hydra.run.dir") -> None:
                    "command": " ".join(sys.argv)}, f)
 
 
+def release(run_dir: Path, job_name: str) -> None:
+    """A command refused for bad input writes nothing: the run dir this process claimed, holding only what Hydra,
+    the claim and the job's status wrote before the refusal, is removed (with its date folder, if now empty).
+    A dir holding anything else is left as it is."""
+    try:
+        if json.loads((run_dir / CLAIM).read_text()).get("pid") != os.getpid():
+            return
+        ours = {CLAIM, ".hydra", f"{job_name}.log", "status.json"}
+        if not all(p.name in ours for p in run_dir.iterdir()):
+            return
+        for p in run_dir.iterdir():
+            if p.is_dir():
+                for f in p.iterdir():  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
+                    f.unlink()
+                p.rmdir()
+            else:
+                p.unlink()
+        run_dir.rmdir()
+        run_dir.parent.rmdir()  # outputs/<command>/<date>, when this was its only run
+    except (OSError, ValueError):
+        pass
+
+
 class Refused(BaseException):
     """A dir another run holds. Hydra turns an Exception raised in a callback into a warning and goes on
     (writing into the dir); a BaseException stops it. The CLI prints it as the usual one line."""
