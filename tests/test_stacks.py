@@ -363,11 +363,14 @@ def test_a_stack_stopped_by_sigterm_then_killed_resumes_exactly_with_resume_auto
         if "[1] Epoch[1/3] Step[30/100]" in line:
             proc.send_signal(signal.SIGTERM)
             break
-    proc.communicate(timeout=60)
+    rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + signal.SIGTERM
+    assert "resume with: gantrain train resume=" not in rest  # not a lone run's line per job: one for the sweep
+    assert rest.count("continue the sweep with: gantrain train -m seed=0,1") == 1 and "hydra.sweep.dir=first_resumed resume=auto" in rest
     stopped_at = []
     for j in "01":
-        assert json.loads((cwd / "first" / j / "status.json").read_text())["state"] == "interrupted"
+        status = json.loads((cwd / "first" / j / "status.json").read_text())
+        assert status["state"] == "interrupted" and status["reason"] == "SIGTERM"
         mid = load_checkpoint(cwd / "first" / j / "checkpoints" / "last.pt")
         assert 30 <= mid["position"] < 100 and mid["step"] == mid["position"]
         stopped_at.append(mid["step"])

@@ -5,6 +5,8 @@ completion all work as in any Hydra program. Bad input is reported as one line, 
 """
 import os
 import re
+import shlex
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,6 +181,13 @@ def run_app(cmd: str, rest: list[str]) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C during training: the user wants out now
         print(f"gantrain {cmd}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # a signal stopped a sweep after its jobs saved checkpoints: one command continues it
+        if isinstance(e.code, int) and e.code > 128 and cmd == "train" and {"-m", "--multirun"} & set(rest):
+            # resume=auto finds each job's run beside the new sweep dir, which must be a new one
+            again = [f"{a}_resumed" if a.startswith("hydra.sweep.dir=") else a for a in rest if not a.startswith("resume=")]
+            print(f"gantrain {cmd}: {signal.Signals(e.code - 128).name}: every job saved its checkpoint; continue the "
+                  f"sweep with: gantrain train {shlex.join(again)} resume=auto", file=sys.stderr)
+        raise
     except Exception as e:  # raised while Hydra composes the config or makes the run dir, before a task runs
         if not print_error(cmd, e):
             raise

@@ -138,8 +138,9 @@ def interrupt(signum: int, nets, members: list[Member], where: Where, orders, da
             path = m.run_dir / "checkpoints" / "last.pt"
             save_checkpoint(path, m.checkpoint_state(nets.member_state(k), where, orders[k], data.shape, num_classes,
                                                      data.classes if num_classes else None))
-            m.say(f"{name}: stopped at epoch {where.epoch + 1}, step {where.step}; saved {path}\n"
-                  f"resume with: gantrain train resume={path}")
+            # a lone run says how to resume it; a sweep's jobs resume together (the command says how: cli.py)
+            m.say(f"{name}: stopped at epoch {where.epoch + 1}, step {where.step}; saved {path}"
+                  + ("" if m.prefix else f"\nresume with: gantrain train resume={path}"))
     raise SystemExit(128 + signum)
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -116,7 +117,8 @@ def job_status(run_dirs: list[Path], keep_going: bool, what: str):
         with heartbeat(run_dirs):
             yield
     except (SystemExit, KeyboardInterrupt) as e:  # a signal: the checkpoint is saved, the job can resume
-        mark("interrupted", type(e).__name__)
+        code = e.code if isinstance(e, SystemExit) else 128 + signal.SIGINT
+        mark("interrupted", signal.Signals(code - 128).name if isinstance(code, int) and code > 128 else type(e).__name__)
         raise
     except Exception as e:
         line = error_line(e)
