@@ -1,5 +1,6 @@
 """gantrain sample through the real CLI, from a checkpoint moved away from its run."""
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,21 @@ def test_bad_options(tmp_path, moved_ckpt, args, expected):
     result = sample(tmp_path, *ckpt, *args)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert (expected or "ckpt is required") in result.stderr
+
+
+def test_a_file_system_error_names_out_the_setting_that_picks_the_folder(tmp_path, moved_ckpt):
+    (tmp_path / "a_file").write_text("in the way")
+    result = sample(tmp_path, f"ckpt={moved_ckpt}", "out=a_file/grids")
+    assert result.returncode == 1 and "file system error on" in result.stderr and "(out=DIR)" in result.stderr
+    assert "hydra.run.dir" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_what_the_command_takes():
+    from conftest import run_cli
+
+    sample_help = run_cli("sample", "--help", cwd=Path.cwd())
+    assert sample_help.returncode == 0 and sample_help.stdout.startswith("gantrain sample:")
+    assert "ckpt: ???" in sample_help.stdout and "model:" not in sample_help.stdout  # train's groups are not its own
+    sweep_help = run_cli("sweep", "--help", cwd=Path.cwd())
+    assert sweep_help.stdout.startswith("gantrain train (gantrain sweep = train -m)") and "is powered by Hydra" not in sweep_help.stdout
+    assert "model: dcgan, mlp, resnet" in sweep_help.stdout

@@ -46,7 +46,7 @@ def run_dir_and_overrides() -> tuple[Path, list[str]]:
 def print_error(cmd: str, e: Exception) -> bool:
     """Print a user's mistake as one line on stderr; False for a bug or under HYDRA_FULL_ERROR=1, which the
     caller then re-raises so its traceback shows."""
-    line = error_line(e)
+    line = error_line(e, "out=DIR" if cmd in ("sample", "eval") else "hydra.run.dir=DIR")  # where it writes
     if show_tracebacks() or line is None:
         return False
     print(f"gantrain {cmd}: error: " + line.replace("{cmd}", cmd), file=sys.stderr)

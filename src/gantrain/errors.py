@@ -13,11 +13,12 @@ def show_tracebacks() -> bool:
     return os.environ.get("GANTRAIN_TRACEBACKS") == "1"
 
 
-def os_error_line(e: OSError) -> str:
-    """A full disk, a read-only or missing folder: say which file and what to do."""
+def os_error_line(e: OSError, folder_option: str = "hydra.run.dir=DIR") -> str:
+    """A full disk, a read-only or missing folder: say which file and what to do (folder_option: the setting
+    that picks where the command writes)."""
     where = f" {e.filename}" if e.filename else ""
     return (f"file system error on{where}: {e.strerror or e}; free some space, fix the permissions or choose "
-            f"another folder (hydra.run.dir=DIR); files already written are kept")
+            f"another folder ({folder_option}); files already written are kept")
 
 
 def describe_config_error(e: Exception) -> str:
@@ -41,7 +42,7 @@ def describe_config_error(e: Exception) -> str:
     return f"{first}; overrides look like key=value, e.g. epochs=10 (see `gantrain {{cmd}} --help`)"
 
 
-def error_line(e: Exception) -> str | None:
+def error_line(e: Exception, folder_option: str = "hydra.run.dir=DIR") -> str | None:
     """The one line for a user's mistake, or None for a bug (which keeps its traceback)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -51,5 +52,5 @@ def error_line(e: Exception) -> str | None:
     if isinstance(e, UserError):
         return str(e)
     if isinstance(e, OSError):
-        return os_error_line(e)
+        return os_error_line(e, folder_option)
     return None
