@@ -130,6 +130,8 @@ def test_optuna_study_of_two_trials(sweep_cwd):
     result = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
                      "hydra.sweeper.storage=sqlite:///study.db", "optim.lr=interval(1e-4,1e-3)", *TINY, cwd=sweep_cwd)
     assert result.returncode == 0, result.stderr
+    printed = result.stdout + result.stderr  # off a terminal: no colour codes, no storage plugin announcements
+    assert "\x1b[" not in printed and "setup plugin" not in printed and "Study name" in printed
     sweep = sweep_dir(sweep_cwd)
     results = (sweep / "optimization_results.yaml").read_text()
     assert "best_params" in results and "optim.lr" in results

@@ -149,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd, rest = argv[0], argv[1:]
 
     # Hydra prints its own multi-line reports unless HYDRA_FULL_ERROR is set; we set it (for this command
-    # only) so errors reach us, and show a traceback only when the user asked for one.
+    # only) so errors reach us, and show a traceback only when the user asked for one. Off a terminal the
+    # sweepers' coloured log lines (optuna's colorlog) would be raw escape codes: NO_COLOR turns them off.
+    plain = {} if sys.stdout.isatty() or "NO_COLOR" in os.environ else {"NO_COLOR": "1"}
     with environment(GANTRAIN_TRACEBACKS="1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0",
-                     HYDRA_FULL_ERROR="1"):
+                     HYDRA_FULL_ERROR="1", **plain):
         return run_app(cmd, rest)
 
 
