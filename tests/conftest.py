@@ -161,6 +161,21 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float | Non
     return subprocess.CompletedProcess(["gantrain", *args], code, out.getvalue(), err.getvalue())
 
 
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same training state bit for bit: G, D, G's average and both optimizers' state."""
+    import torch
+
+    for net in ("G", "D", "G_ema"):
+        assert (a[net] is None) == (b[net] is None), net
+        for key, value in (b[net] or {}).items():
+            assert torch.equal(a[net][key], value), (net, key)
+    for opt in ("opt_g", "opt_d"):
+        assert a[opt]["state"].keys() == b[opt]["state"].keys() and b[opt]["state"], opt
+        for j, state in b[opt]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(torch.as_tensor(a[opt]["state"][j][name]), torch.as_tensor(value)), (opt, j, name)
+
+
 def only_run_dir(root: Path, command: str = "train") -> Path:
     """The single run dir under root/outputs/<command>/<date>/<time>."""
     dirs = sorted((root / "outputs" / command).glob("*/*"))

@@ -1,5 +1,6 @@
 """DiffAugment (components/augment.py): differentiable, in range, the identity at strength 0, its draws from
 the member's generator; each op does what the paper's does."""
+import math
 import pytest
 import torch
 
@@ -62,10 +63,15 @@ def test_the_same_seed_gives_the_same_draws():
 def test_translation_moves_an_image_by_a_whole_number_of_pixels_within_an_eighth():
     x = torch.full((1, 1, 16, 16), -1.0)
     x[0, 0, 8, 8] = 1.0
-    for v in torch.linspace(0, 0.999, 7):
+    seen = set()
+    for v in torch.linspace(0, 0.999, 7).tolist():
         out = translation(x, torch.tensor([[v, 1 - v]]), torch.ones(1))
         (row, col), = (out[0, 0] == 1).nonzero().tolist()
-        assert abs(row - 8) <= 2 and abs(col - 8) <= 2  # reach: round(16 / 8) = 2
+        # reach round(16 / 8) = 2: a draw v in [0, 1) picks one of the 5 shifts -2..2 (output pixel r shows r + shift)
+        shift = lambda w: min(math.floor(5 * w), 4) - 2  # w = 1 (a draw never makes it) clamps to the last shift
+        assert (row, col) == (8 - shift(v), 8 - shift(1 - v)), v
+        seen.add(row - 8)
+    assert seen == {-2, -1, 0, 1, 2}  # every shift, both ways, is drawn: not the identity
 
 
 def test_cutout_zeros_a_square_of_half_the_side():

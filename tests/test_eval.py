@@ -2,6 +2,7 @@
 2D protocol, precision/recall by hand, the cache."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -92,15 +93,18 @@ def test_mode_metrics_on_hand_made_points():
     assert far["modes"]["value"] == 0 and far["hq_percent"]["value"] == 0 and far["mode_kl"]["value"] == math.inf
 
 
-def test_training_writes_metrics_and_best_and_returns_the_headline(cfg, tmp_path):
-    cfg.eval_every = 1
-    score = train(cfg, tmp_path, [])
+def test_training_writes_metrics_and_best_and_returns_the_headline(cfg, tmp_path, caplog):
+    cfg.eval_every, cfg.epochs = 1, 3
+    with caplog.at_level("INFO", logger="gantrain"):
+        score = train(cfg, tmp_path, [])
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["epoch"] == 2 and score == pytest.approx(saved["metrics"]["fd"]["value"])
+    assert saved["epoch"] == 3 and score == pytest.approx(saved["metrics"]["fd"]["value"])
     assert {"fd", "kid", "precision", "recall", "classes_covered", "class_kl"} <= set(saved["metrics"])
     assert all({"value", "n_real", "n_fake"} <= set(e) for e in saved["metrics"].values())
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
-    assert best["epoch"] in (1, 2)
+    fds = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"eval at epoch (\d+): fd ([\d.e+-]+)", caplog.text)}
+    assert sorted(fds) == [1, 2, 3] and best["epoch"] == min(fds, key=fds.get)  # the epoch with the lowest FD
+    assert best["epoch"] == 3 or not torch.equal(best["G"]["net.4.weight"], load_checkpoint(tmp_path / "checkpoints" / "last.pt")["G"]["net.4.weight"])
 
 
 def test_2d_training_reports_modes(cfg, tmp_path):

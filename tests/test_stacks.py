@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 
-from conftest import DEVICE, run_cli, write_mnist
+from conftest import assert_same_state, DEVICE, run_cli, write_mnist
 from gantrain.components.networks import MLPDiscriminator, MLPGenerator
 from gantrain.components.optimizers import SGD, Adam, AdamW, RMSprop
 from gantrain.components.registry import REGISTRIES
@@ -180,6 +181,11 @@ def test_members_equal_their_lone_runs(tiny_root, tmp_path, case):
             list(csv.DictReader(open(tmp_path / f"stack{k}" / "metrics.csv"))))
     # the members differ from each other (their seeds and hyperparameters are honoured, not shared)
     assert relative_gap(*(weights_and_moments(tmp_path / f"stack{k}") for k in (0, 1))) > 1e-3
+    for k, cfg in enumerate(cfgs):  # each member evaluated with its own eval.* settings, or not at all
+        saved = tmp_path / f"stack{k}" / "metrics.json"
+        assert saved.exists() == bool(cfg.eval.enabled)
+        if cfg.eval.enabled:
+            assert json.loads(saved.read_text())["metrics"]["fd"]["n_fake"] == cfg.eval.n
 
 
 @pytest.mark.numerical
@@ -293,13 +299,21 @@ IMAGES = ["epochs=2", "data=mnist", "data.root=data", "batch_size=20", "hidden_s
           "log_every=5", "eval.n=50", f"device={DEVICE}"]
 
 
+def pixels(png):
+    from PIL import Image
+
+    with Image.open(png) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+
 def test_a_sweep_of_everything_stacks_and_each_member_writes_what_its_lone_run_writes(cwd):
-    """The issue's case through the real CLI: dcgan, wgan_gp with n_critic=5, tensorboard, one thread and two
-    log_every in one stack; every member's files (columns, events, eval) equal its lone run's."""
-    setup = ["model=dcgan", "loss=wgan_gp", "n_critic=5", "batch_size=10", "trainer.threads=1",
+    """The issue's case through the real CLI: dcgan, wgan_gp with n_critic=5, one thread, members of other seeds
+    and trackers in one stack (in float64); every member's files equal its lone run's, value by value: log lines,
+    metrics.csv, samples (pixels), curves, metrics.json, last.pt and best.pt, TensorBoard events."""
+    setup = ["model=dcgan", "loss=wgan_gp", "n_critic=5", "batch_size=10", "trainer.threads=1", "log_every=2",
              "epochs=2", "data=mnist", "data.root=data", "hidden_size=16", "latent_size=8", "eval.n=40",
              f"device={DEVICE}", "optim.lr=1e-4", "trainer.precision=fp64"]
-    swept = ["log_every=1,2", "logger=csv,tensorboard"]
+    swept = ["seed=0,1", "logger=csv,tensorboard"]
     sweep = run_cli("sweep", *swept, *setup, "hydra.sweep.dir=vs", cwd=cwd)
     assert sweep.returncode == 0, sweep.stderr
     assert "jobs 0,1,2,3: one stack (K=4)" in sweep.stdout and "stack of 4 members" in sweep.stdout
@@ -310,18 +324,26 @@ def test_a_sweep_of_everything_stacks_and_each_member_writes_what_its_lone_run_w
     for job in "0123":
         assert_same_run(cwd / "vs" / job, cwd / "plain" / job)
         logs = [[line.split("] ", 2)[-1] for line in (cwd / d / job / "train.log").read_text().splitlines()
-                 if "Epoch[" in line] for d in ("vs", "plain")]
-        assert len(logs[0]) == len(logs[1]) > 0 and [l[:22] for l in logs[0]] == [l[:22] for l in logs[1]]
+                 if "Epoch[" in line or "eval at" in line] for d in ("vs", "plain")]
+        assert len(logs[0]) > 1 and logs[0] == logs[1]  # whole lines: every printed loss and metric
+        for name in ("samples/epoch_0001.png", "samples/epoch_0002.png", "real_images.png", "curves.png"):
+            a, b = (pixels(cwd / d / job / name) for d in ("vs", "plain"))
+            assert a.shape == b.shape and (np.abs(a - b) > 1).mean() < 0.01, name  # float64: the same picture
+        best = [load_checkpoint(cwd / d / job / "checkpoints" / "best.pt") for d in ("vs", "plain")]
+        assert best[0]["epoch"] == best[1]["epoch"] and all(
+            torch.allclose(best[0]["G"][k], best[1]["G"][k], rtol=1e-9, atol=1e-10) for k in best[1]["G"])
+        a, b = (json.loads((cwd / d / job / "metrics.json").read_text())["metrics"] for d in ("vs", "plain"))
+        assert a.keys() == b.keys() and all(a[m]["value"] == pytest.approx(b[m]["value"], rel=1e-6, abs=1e-9) for m in b)
         if job in "13":  # logger=tensorboard
             events = []
             for d in ("vs", "plain"):
                 acc = EventAccumulator(str(cwd / d / job / "tensorboard"))
                 acc.Reload()
-                scalars = {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+                scalars = {tag: [(e.step, round(e.value, 5)) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
                 events.append((scalars, {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}))
             assert events[0] == events[1] and {"train/g_loss", "eval/fd"} <= set(events[0][0]) and events[0][1]["samples"]
-        a, b = (json.loads((cwd / d / job / "metrics.json").read_text())["metrics"] for d in ("vs", "plain"))
-        assert a.keys() == b.keys() and abs(a["fd"]["value"] - b["fd"]["value"]) < 1e-2 * b["fd"]["value"]
+    # the members differ (jobs 0 and 2: seeds 0 and 1, both csv): a mix-up between them would show above
+    assert relative_gap(*(weights_and_moments(cwd / "vs" / j) for j in "02")) > 1e-3
 
 
 def test_a_diverging_member_stops_alone_and_the_report_reads_the_sweep(cwd):
@@ -392,7 +414,7 @@ def test_a_stack_stopped_by_sigterm_then_killed_resumes_exactly_with_resume_auto
     for j in "01":
         a, b = (load_checkpoint(cwd / d / j / "checkpoints" / "last.pt") for d in ("third", "straight"))
         assert a["step"] == b["step"] == 300
-        assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]), j
+        assert_same_state(a, b)  # G, D and both optimizers
         rows = list(csv.DictReader(open(cwd / "third" / j / "metrics.csv")))
         # every 10 steps and where the signal stopped it, carried over from the earlier runs, none twice
         assert [int(r["step"]) for r in rows] == sorted({*range(10, 301, 10), stopped_at[int(j)]})
@@ -401,12 +423,28 @@ def test_a_stack_stopped_by_sigterm_then_killed_resumes_exactly_with_resume_auto
 
 
 def test_a_member_samples_evaluates_and_resumes_like_a_lone_run(cwd):
-    assert run_cli("sweep", "seed=0,1", *IMAGES, "eval.enabled=false", "hydra.sweep.dir=vr", cwd=cwd).returncode == 0
-    ckpt = cwd / "vr" / "1" / "checkpoints" / "last.pt"
-    assert run_cli("sample", f"ckpt={ckpt}", "n=4", "out=s", cwd=cwd).returncode == 0
-    resumed = run_cli("train", f"resume={ckpt}", "epochs=3", "hydra.run.dir=more", cwd=cwd)
-    assert resumed.returncode == 0, resumed.stderr
-    assert load_checkpoint(cwd / "more" / "checkpoints" / "last.pt")["step"] == 30
+    """Member 1 of a stack against the lone run of its config (float64): the same samples, the same metrics from
+    gantrain eval, and resumed for another epoch, the same weights and optimizer state."""
+    fp64 = [*IMAGES, "eval.enabled=false", "trainer.precision=fp64"]
+    assert run_cli("sweep", "seed=0,1", *fp64, "hydra.sweep.dir=vr", cwd=cwd).returncode == 0
+    assert run_cli("train", "seed=1", *fp64, "hydra.run.dir=lone", cwd=cwd).returncode == 0
+    ckpts = {"member": cwd / "vr" / "1" / "checkpoints" / "last.pt", "lone": cwd / "lone" / "checkpoints" / "last.pt"}
+    drawn, measured = {}, {}
+    for who, ckpt in ckpts.items():
+        assert run_cli("sample", f"ckpt={ckpt}", "n=16", "format=npz", f"out=s_{who}", cwd=cwd).returncode == 0
+        drawn[who] = np.load(cwd / f"s_{who}" / "samples.npz")["samples"]
+        assert run_cli("eval", f"ckpt={ckpt}", "n=50", f"out=e_{who}", cwd=cwd).returncode == 0
+        measured[who] = json.loads((cwd / f"e_{who}" / "metrics.json").read_text())["metrics"]
+        resumed = run_cli("train", f"resume={ckpt}", "epochs=3", f"hydra.run.dir=more_{who}", cwd=cwd)
+        assert resumed.returncode == 0, resumed.stderr
+    assert np.allclose(drawn["member"], drawn["lone"], atol=1e-6)  # the samples are float32 from either
+    assert all(measured["member"][m]["value"] == pytest.approx(measured["lone"][m]["value"], rel=1e-5, abs=1e-8)
+               for m in measured["lone"])
+    more = {who: load_checkpoint(cwd / f"more_{who}" / "checkpoints" / "last.pt") for who in ckpts}
+    assert more["member"]["step"] == more["lone"]["step"] == 30
+    a, b = (weights_and_moments(cwd / f"more_{who}") for who in ("member", "lone"))  # to float64's rounding
+    assert a.keys() == b.keys() and all(torch.allclose(a[n], b[n], rtol=1e-9, atol=1e-10) for n in b)
+    assert relative_gap(weights_and_moments(cwd / "more_member"), weights_and_moments(cwd / "vr" / "0")) > 1e-3
 
 
 def test_a_grid_over_models_and_learning_rates_stacks_the_learning_rates(tiny_root):

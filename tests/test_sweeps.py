@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, write_mnist
+from conftest import assert_same_state, run_cli, write_mnist
 from gantrain.outputs.checkpoint import load_checkpoint
 
 TINY = ["epochs=1", "data=mnist", "data.root=data", "batch_size=20", "hidden_size=32", "latent_size=8",
@@ -120,7 +120,7 @@ def test_an_interrupted_sweep_resumes_with_resume_auto(sweep_cwd):
     straight = run_cli("train", "seed=1", *args[5:], "hydra.run.dir=straight", cwd=sweep_cwd)  # no -m, no resume
     assert straight.returncode == 0, straight.stderr
     a, b = load_checkpoint(second / "1/checkpoints/last.pt"), load_checkpoint(sweep_cwd / "straight/checkpoints/last.pt")
-    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert_same_state(a, b)  # G, D and both optimizers
     rows = list(csv.DictReader(open(second / "1" / "metrics.csv")))  # the earlier rows were carried over
     stopped = load_checkpoint(first / "1/checkpoints/last.pt")["step"]  # and the row where the signal stopped it
     assert [int(r["step"]) for r in rows] == sorted({*range(20, 401, 20), stopped})

@@ -106,7 +106,7 @@ def plot(jobs: list[Job], swept: list[str], metric: str | None, path: Path) -> N
     curves.set_xlabel("step")
     curves.set_ylabel("g_loss")
     curves.set_title("every job's g_loss")
-    if len(jobs) <= 12:
+    if 0 < len(curves.get_lines()) <= 12:  # jobs without a metrics.csv (failed at once) draw no curve
         curves.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
