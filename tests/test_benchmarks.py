@@ -15,8 +15,8 @@ def run(script: str, *args: str) -> str:
 
 
 def test_bench_train_prints_every_pipeline_against_the_floor():
-    out = run("bench_train.py", "--images", "600", "--loop-images", "600", "--steps", "8", "--warmup", "2", "--rounds", "2",
-              "--members", "2", "--process-epochs", "1", "--set", "trainer.threads=1")
+    out = run("bench_train.py", "--images", "400", "--loop-images", "400", "--steps", "4", "--warmup", "1", "--rounds", "1",
+              "--members", "2", "--process-epochs", "1", "--set", "trainer.threads=1", "hidden_size=32")
     rows = {line.split(":")[0].strip(): line.split(":")[1].split() for line in out.splitlines() if ":" in line}
     for name in ("floor", "reference pipeline", "plain eager step", "gantrain step", "stack of 2", "gantrain in its loop"):
         assert float(rows[name][0]) > 0 and float(rows[name][1]) > 0, name  # steps/s, fraction of the floor

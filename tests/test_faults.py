@@ -73,7 +73,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(tm
     """Short epochs (600 images, batch 10: 60 steps, a checkpoint after each) so kills land all over a run;
     two of the kills are aimed at a checkpoint being written (its temp file on disk), the atomic write's case."""
     root = write_mnist(tmp_path / "data", n=600)
-    args = [f"data.root={root}", "epochs=4", "log_every=10"]
+    args = [f"data.root={root}", "epochs=3", "log_every=10"]
     done = cli(tmp_path, "hydra.run.dir=straight", *args)
     assert done.returncode == 0, done.stderr
     rng = random.Random(1234)
@@ -106,7 +106,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(tm
                 latest = path
     assert kinds.count(-signal.SIGKILL) >= 4  # the kills did land while runs were going
     assert in_write >= 1, "no kill landed inside a checkpoint write"
-    if latest is None or load_checkpoint(latest)["epoch"] < 4:
+    if latest is None or load_checkpoint(latest)["epoch"] < 3:
         finish = cli(tmp_path, "hydra.run.dir=final", *args, *([f"resume={latest}"] if latest else []))
         assert finish.returncode == 0, finish.stderr
         latest = tmp_path / "final" / "checkpoints" / "last.pt"
@@ -202,3 +202,28 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line_naming_the_file(mnist_r
     line = result.stderr.strip()
     assert "\n" not in line and f"{tmp_path / 'run' / 'checkpoints' / 'last.pt'}" in line and "the write failed" in line
     assert not list((tmp_path / "run" / "checkpoints").glob("*"))  # no half file
+
+
+@pytest.mark.parametrize("write", ["sample grid", "metrics.csv"])
+def test_a_full_disk_at_any_write_is_one_line_naming_the_file(mnist_root, tmp_path, monkeypatch, write):
+    from PIL import Image
+
+    from conftest import TINY, run_cli
+    from gantrain.engine import member
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # a file object's write: no file name in it
+
+    if write == "sample grid":
+        monkeypatch.setattr(Image.Image, "save", full)
+        expected = tmp_path / "run" / "real_images.png"  # the first picture a run writes
+    else:
+        class FullFile:
+            write, close = full, lambda self: None
+
+        monkeypatch.setattr(member.artifacts, "open_metrics", lambda path, columns: FullFile())
+        expected = tmp_path / "run" / "metrics.csv"
+    result = run_cli("train", *TINY, "data=mnist", f"data.root={mnist_root}", "eval.enabled=false", "hydra.run.dir=run",
+                     cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"file system error on {expected}: No space left on device" in result.stderr and result.stderr.count("\n") == 1

@@ -216,3 +216,22 @@ def test_a_run_shorter_than_log_every_still_logs_its_last_step(cfg, tmp_path, ca
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[1:] and rows[1].startswith("1,6,6,") and len(rows) == 2  # the last step: one row
     assert "Epoch[1/1] Step[6/6]" in caplog.text and (tmp_path / "curves.png").is_file()
+
+
+def test_resume_honours_the_keys_the_readme_says_may_change_and_the_readme_names_them_all(cfg, tmp_path, one_epoch_ckpt):
+    from pathlib import Path
+
+    from gantrain.config import MUTABLE_ON_RESUME
+    from gantrain.engine.jobs import Job, prepare
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    sentence = readme[readme.index("`resume=PATH` continues with the"):readme.index("other changes are refused")]
+    for key in MUTABLE_ON_RESUME:
+        if key != "resume":  # resume itself is the path
+            assert f"`{key}`" in sentence or f"`{key}.*`" in sentence, key
+    cfg.resume, cfg.epochs, cfg.on_nan, cfg.eval_every, cfg.eval.n = str(one_epoch_ckpt), 3, "skip", 1, 44
+    job = Job(cfg, tmp_path / "more", ["epochs=3", "on_nan=skip", "eval_every=1", "eval.n=44", f"resume={one_epoch_ckpt}"])
+    assert prepare(job, multirun=False)
+    assert (job.cfg.epochs, job.cfg.on_nan, job.cfg.eval_every, job.cfg.eval.n) == (3, "skip", 1, 44)
+    train(job.cfg, tmp_path / "run", job.overrides)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]["eval"]["n"] == 44

@@ -68,7 +68,10 @@ class Member:
         note = f" (skipped {skipped} non-finite updates)" if skipped else ""
         self.say(f"Epoch[{where.epoch + 1}/{self.cfg.epochs}] Step[{where.position}/{steps_per_epoch}] "
                  f"d_loss {d_loss:.4f} g_loss {g_loss:.4f} D(x) {d_x:.2f} D(G(z)) {d_g_z:.2f}{note}")
-        self.csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
+        try:
+            self.csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
+        except OSError as e:  # a full disk: name the file (a file object's write error does not)
+            raise OSError(e.errno, e.strerror, str(self.run_dir / "metrics.csv")) from None
 
     def checkpoint_state(self, nets_state: dict, where: Where, order: torch.Tensor | None, data_shape,
                          num_classes: int, class_names: list[str] | None = None) -> dict:

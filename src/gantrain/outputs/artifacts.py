@@ -46,14 +46,18 @@ def save_scatter(points: np.ndarray, path: Path, real: np.ndarray | None = None,
 
 
 def write_picture(picture: np.ndarray, path: Path, real: np.ndarray | None = None) -> None:
-    """A `pixels` array as a PNG: a grid as it is, points as a scatter plot (over `real` points)."""
+    """A `pixels` array as a PNG: a grid as it is, points as a scatter plot (over `real` points). A failed write
+    (a full disk) names the file."""
     from PIL import Image
 
-    if picture.ndim == 2:
-        save_scatter(picture, path, real, title=path.stem)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture.squeeze(2) if picture.shape[2] == 1 else picture).save(path)
+    try:
+        if picture.ndim == 2:
+            save_scatter(picture, path, real, title=path.stem)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture.squeeze(2) if picture.shape[2] == 1 else picture).save(path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def save_examples(x: torch.Tensor, path: Path, nrow: int = 8, real: torch.Tensor | None = None) -> None:
