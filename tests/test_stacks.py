@@ -409,6 +409,8 @@ def test_a_stack_stopped_by_sigterm_then_killed_resumes_exactly_with_resume_auto
     third = run_cli(*args, "hydra.sweep.dir=third", cwd=cwd)
     assert third.returncode == 0, third.stdout + third.stderr
     assert "resumed from" in third.stdout and "at epoch 1, step 100" in third.stdout
+    timing = next(line for line in third.stdout.splitlines() if "stack of 2 members:" in line and "steps/s" in line)
+    assert "samples and checkpoints" in timing and "eval" not in timing  # evaluation is off: no 'eval 0.0 s'
     straight = run_cli(*[a for a in args if a != "resume=auto"], "hydra.sweep.dir=straight", cwd=cwd)
     assert straight.returncode == 0, straight.stderr
     for j in "01":

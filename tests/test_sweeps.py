@@ -151,3 +151,11 @@ def test_tensorboard_event_file_holds_the_scalars(sweep_cwd):
     assert {"train/d_loss", "train/g_loss", "train/d_x", "train/d_g_z", "eval/fd"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("train/g_loss")] == [5]
     assert "samples" in tags["images"]
+
+
+def test_optuna_without_evaluation_is_refused_before_anything_trains(sweep_cwd):
+    result = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "optim.lr=interval(1e-4,1e-3)",
+                     *TINY, "eval.enabled=false", cwd=sweep_cwd)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "hydra/sweeper=optuna minimises each job's metric, and eval.enabled=false leaves none" in result.stderr
+    assert "float-castable" not in result.stdout + result.stderr and not list(sweep_cwd.rglob("metrics.csv"))

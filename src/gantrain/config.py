@@ -21,6 +21,13 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_sweeper(sweeper: str, cfg) -> None:
+    """A sweeper that optimises (Optuna) minimises each job's metric: a job must evaluate to return one."""
+    if "optuna" in sweeper.lower() and not cfg.eval.enabled:
+        raise UserError("hydra/sweeper=optuna minimises each job's metric, and eval.enabled=false leaves none to "
+                        "return; set eval.enabled=true (or sweep a grid with the default sweeper)")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Types and ranges of the top-level training keys: one UserError naming the key and a valid example."""
     for key in POSITIVE_INTS + NON_NEGATIVE_INTS:

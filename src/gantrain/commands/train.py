@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from gantrain.config import check_sweeper
 from gantrain.engine.jobs import train
 from gantrain.outputs.status import job_status
 
@@ -13,6 +14,7 @@ def train_command(cfg, run_dir: Path, overrides: list[str], hydra_cfg, multirun:
     """Train this job; its status.json follows it. In a multirun a failing job is logged and the sweep goes
     on; alone, its error ends the command (one line, exit 1)."""
     if multirun:
+        check_sweeper(str(hydra_cfg.sweeper.get("_target_", "")), cfg)
         launcher_settings(cfg, hydra_cfg)
     with job_status([run_dir], keep_going=multirun, what=f"job {hydra_cfg.job.get('num')}"):
         return train(cfg, run_dir, overrides, multirun)

@@ -74,6 +74,7 @@ class StackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from gantrain.engine.executors import launch_stacks  # torch: only once a sweep launches
+        from gantrain.config import check_sweeper
         from gantrain.errors import UserError
         from gantrain.outputs.status import read_status
         from gantrain.processes import console_logging, log_file
@@ -93,6 +94,8 @@ class StackedLauncher(Launcher):
         logging.getLogger().addHandler(sweep_log)
         try:
             jobs = [ret.return_value for ret in returns]
+            for job in jobs:  # before anything trains: an Optuna study needs every job's metric
+                check_sweeper(str(self.config.hydra.sweeper.get("_target_", "")), job.cfg)
             logging.getLogger("gantrain").info(f"sweep: {len(jobs)} jobs in {sweep_dir}")
             settings = OmegaConf.to_container(self.config.hydra.launcher, resolve=True)
             slurm = {(k if k in SUBMITIT_GENERIC else f"slurm_{k}"): v for k, v in settings.items()
