@@ -47,7 +47,8 @@ def image_files(top: Path) -> list[tuple[str, tuple[str, ...], str]]:
     below the top as parts, its size and time or CRC)."""
     if top.is_dir():
         files = sorted(p for p in top.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        return [(str(f), f.relative_to(top).parts, f"{f.stat().st_size}:{f.stat().st_mtime_ns}") for f in files]
+        stats = [f.stat() for f in files]  # once per file: a folder can hold 10^5-10^6 of them
+        return [(str(f), f.relative_to(top).parts, f"{st.st_size}:{st.st_mtime_ns}") for f, st in zip(files, stats)]
     try:
         with zipfile.ZipFile(top) as archive:
             infos = [i for i in archive.infolist() if not i.is_dir() and PurePosixPath(i.filename).suffix.lower() in IMAGE_SUFFIXES]
@@ -158,8 +159,7 @@ def prepare_folder(root: str, side: int, channels: int, labels: str = "auto", wo
     key = fingerprint(files, side, channels, classes)
     home = cache_dir() / "prepared"
     folder = home / key
-    meta = read_meta(folder)
-    found = open_prepared(folder, meta) if meta else None
+    meta, found = read_back(folder)
     if found is not None:
         log.info(f"data: {meta['n']} images of {top} prepared at {side}x{side} ({folder})")
         return (*found, classes)
@@ -172,11 +172,16 @@ def prepare_folder(root: str, side: int, channels: int, labels: str = "auto", wo
         if earlier:
             log.info(f"data: {top} changed since it was prepared ({earlier[0]['files']} files then, {len(files)} now); preparing it again")
     write_prepared(top, files, classes, side, channels, folder, workers)
-    meta = read_meta(folder)
-    found = open_prepared(folder, meta) if meta else None
+    _, found = read_back(folder)
     if found is None:
         raise UserError(f"could not read back the prepared copy {folder}; delete it and run again")
     return (*found, classes)
+
+
+def read_back(folder: Path) -> tuple[dict | None, tuple | None]:
+    """A prepared folder's meta.json and its arrays, memory-mapped (None where missing or not whole)."""
+    meta = read_meta(folder)
+    return meta, open_prepared(folder, meta) if meta else None
 
 
 def read_meta(folder: Path) -> dict | None:
@@ -186,7 +191,7 @@ def read_meta(folder: Path) -> dict | None:
         return None
 
 
-def write_prepared(top: Path, files: list[Path], classes, side: int, channels: int, folder: Path,
+def write_prepared(top: Path, files: list[tuple], classes, side: int, channels: int, folder: Path,
                    workers: int | None) -> None:
     """Decode every file into images.npy in a temporary folder beside `folder`, then rename it into place."""
     from tqdm import tqdm

@@ -45,8 +45,9 @@ class TensorData:
     def to(self, device) -> "TensorData":
         """The whole set in `device`'s memory. On the CPU a memory-mapped copy stays mapped: once read, its pages
         are that memory, and a second copy would double it."""
-        return replace(self, x=self.x.to(device), y=None if self.y is None else self.y.to(device), streamed=False,
-                       device=device)
+        x = self.x.to(device)
+        return replace(self, x=x, y=None if self.y is None else self.y.to(device), streamed=False,
+                       mapped=self.mapped and x.data_ptr() == self.x.data_ptr(), device=device)
 
     def streamed_to(self, device) -> "TensorData":
         """Batches for `device` gathered from the host's copy of x (labels go to the device: they are small)."""
