@@ -10,6 +10,7 @@ import torch
 from conftest import run_cli, write_photo_folder
 from gantrain.evaluation import features, metrics
 from gantrain.components.data import grid25_means, load_data, ring8_means
+from gantrain.components.dcgan import SmallDCGANGenerator
 from gantrain.outputs.checkpoint import load_checkpoint
 from gantrain.engine.jobs import train
 
@@ -178,6 +179,14 @@ def test_a_run_on_an_image_folder_is_evaluated_with_those_features(photos, tmp_p
     assert {"fd", "kid", "precision", "recall"} <= set(saved) and "classes_covered" not in saved
     assert saved["feature_net_accuracy"]["note"] == "held-out view matching"
     assert saved["feature_net_accuracy"]["value"] == pytest.approx(score)
+    # a checkpoint gantrain 0.1 wrote at 32 px held its small DCGAN (a Linear projection): refused in one line
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    small_g = SmallDCGANGenerator(8, 4, (3, 32, 32))
+    torch.save({**ckpt, "version": 1, "G": small_g.state_dict(), "G_ema": None}, tmp_path / "old.pt")
+    old = run_cli("sample", f"ckpt={tmp_path / 'old.pt'}", "n=4", cwd=tmp_path)
+    assert old.returncode == 1 and "Traceback" not in old.stderr
+    assert old.stderr.strip().count("\n") == 0 and "written by gantrain 0.1" in old.stderr
+    assert run_cli("sample", f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", "n=4", cwd=tmp_path).returncode == 0
 
 
 def test_eval_of_several_checkpoints_is_one_table_on_the_same_real_examples(tmp_path, base_cfg):

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 
-from conftest import assert_same_state, DEVICE, run_cli, write_mnist
+from conftest import write_photo_folder, assert_same_state, DEVICE, run_cli, write_mnist
 from gantrain.components.networks import MLPDiscriminator, MLPGenerator
 from gantrain.components.optimizers import SGD, Adam, AdamW, RMSprop
 from gantrain.components.registry import REGISTRIES
@@ -98,14 +98,18 @@ def test_stacked_params_hold_members_in_the_layout_their_gradients_arrive_in(mak
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    return write_mnist(tmp_path_factory.mktemp("stack_data"), n=120)
+    root = write_mnist(tmp_path_factory.mktemp("stack_data"), n=120)
+    write_photo_folder(root / "photos", n=60, side=64)  # for the 64-px cases (data=folder data.root=photos)
+    return root
 
 
 def tiny(root, *overrides):
+    """The tiny MNIST runs; a case that names data= gets its paths relative to the tiny data's root."""
+    data = [f"data.root={root / 'photos'}"] if any(o.startswith("data=") for o in overrides) else ["data=mnist", f"data.root={root}"]
     with initialize_config_module("gantrain.conf", version_base=None):
         return compose("train", overrides=[f"device={DEVICE}", "epochs=2", "batch_size=20", "latent_size=8",
                                            "hidden_size=32", "log_every=3", "eval.enabled=false", "trainer.threads=1",
-                                           "data=mnist", f"data.root={root}", *overrides])
+                                           *overrides, *data])
 
 
 # each case: what both members share, and what the second one changes (member keys only)
@@ -126,6 +130,9 @@ CASES = {
                                         ["seed=3", "optim.lr=1e-3"]),
     "diffaugment-dcgan-r1": (["augment=diffaugment", "model=dcgan", "loss.r1_gamma=1.0"], ["seed=1", "augment.strength=0.5"]),
     "resnet-hinge-conditional": (["model=resnet", "hidden_size=16", "loss=hinge", "model.conditional=true"], ["seed=1"]),
+    # 64 px photos through the paper's DCGAN (4x4 doubling to 64x64), 4 base channels
+    "dcgan64-photos": (["data=folder", "data.image_size=64", "model=dcgan", "hidden_size=16"],
+                       ["seed=1", "optim.lr=1e-4"]),
 }
 
 

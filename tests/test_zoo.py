@@ -55,7 +55,7 @@ def test_every_loss_trains_on_2d_points_with_a_scatter_plot(cfg, tmp_path, loss)
     assert Image.open(tmp_path / "samples" / "epoch_0001.png").size == (500, 500)  # the scatter plot
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 32, 32), (3, 28, 28)])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 32, 32), (3, 28, 28), (3, 48, 48), (3, 64, 64), (3, 128, 128)])
 @pytest.mark.parametrize("spectral_norm", [False, True])
 def test_dcgan_sizes_itself_from_the_image_shape(shape, spectral_norm):
     G, D = lookup("model", "dcgan")(data_shape=shape, latent_size=8, hidden_size=32, spectral_norm=spectral_norm)
@@ -83,7 +83,7 @@ def test_spectral_norm_divides_by_the_largest_singular_value(layer):
     assert sn.weight.grad is not None and not sn.u.requires_grad
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 48, 48), (3, 64, 64), (3, 128, 128)])
 @pytest.mark.parametrize("classes", [0, 10])
 def test_resnet_sizes_itself_from_the_image_shape(shape, classes):
     from gantrain.components.layers import SpectralNorm
@@ -98,8 +98,50 @@ def test_resnet_sizes_itself_from_the_image_shape(shape, classes):
 
 
 def test_dcgan_refuses_shapes_it_cannot_build():
-    with pytest.raises(UserError, match="divisible by 4"):
+    with pytest.raises(UserError, match=r"divisible by 4 \(28, 32, 48, 64, 128.*got shape \(1, 30, 30\)"):
         lookup("model", "dcgan")(data_shape=(1, 30, 30), latent_size=8, hidden_size=32)
+
+
+@pytest.mark.parametrize("shape", [(3, 30, 30), (3, 96, 96), (3, 64, 48), (3, 4, 4), (2,)])
+def test_resnet_refuses_sides_it_has_no_layout_for(shape):
+    with pytest.raises(UserError, match=r"28 or 32 .*48 .*64 or 128 .*got shape"):
+        lookup("model", "resnet")(data_shape=shape, latent_size=8, hidden_size=32)
+
+
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_dcgan_at_64_px_is_pytorch_examples_dcgan():
+    """pytorch/examples' dcgan (nz=100, ngf=ndf=64, 3 channels): G 3,576,704 and D 2,765,568 parameters, G from
+    a 4x4 map of 512 channels doubling to 64x64, D mirrored; and the paper's N(0, 0.02) initial weights."""
+    torch.manual_seed(0)
+    G, D = lookup("model", "dcgan")(data_shape=(3, 64, 64), latent_size=100, hidden_size=256)
+    assert (n_params(G), n_params(D)) == (3_576_704, 2_765_568)
+    convs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in convs] == [
+        (100, 512, 1), (512, 256, 2), (256, 128, 2), (128, 64, 2), (64, 3, 2)]
+    assert [m.out_channels for m in D.modules() if isinstance(m, nn.Conv2d)] == [64, 128, 256, 512, 1]
+    assert all(abs(float(m.weight.detach().std()) - 0.02) < 0.002 for m in convs[:4])
+    # 128 px: one more doubling, from 1024 channels
+    G, D = lookup("model", "dcgan")(data_shape=(3, 128, 128), latent_size=100, hidden_size=256)
+    assert [m.out_channels for m in G.modules() if isinstance(m, nn.ConvTranspose2d)] == [1024, 512, 256, 128, 64, 3]
+
+
+@pytest.mark.parametrize("side, g_widths, d_widths, start", [
+    (48, [512, 256, 128, 64], [64, 128, 256, 512, 1024], 6),          # SNGAN's STL-10 networks (Table 5)
+    (64, [1024, 512, 256, 128, 64], [64, 128, 256, 512, 1024], 4),    # sngan_projection's 64 px
+    (128, [1024, 1024, 512, 256, 128, 64], [64, 128, 256, 512, 1024, 1024], 4),  # its ImageNet 128 px
+])
+def test_resnet_at_photo_sizes_has_sngans_layouts(side, g_widths, d_widths, start):
+    """One up-block per doubling from G's first map, channels halving as the image grows (SNGAN's ch=64 from
+    hidden_size=256); D's blocks widen to 1024, and the image is halved down to 4x4 (3x3 at 48, 2x2 at 64)."""
+    G, D = lookup("model", "resnet")(data_shape=(3, side, side), latent_size=128, hidden_size=256)
+    assert G.start == (g_widths[0], start, start)
+    assert [b.conv2.out_channels for b in G.blocks] == g_widths[1:]
+    assert [b.conv2.out_channels for b in D.blocks] == d_widths
+    h = D.blocks(torch.zeros(1, 3, side, side))
+    assert h.shape[2] == {48: 3, 64: 2, 128: 4}[side]
 
 
 class Linear2D(nn.Module):

@@ -28,6 +28,16 @@ def check_sweeper(sweeper: str, cfg) -> None:
                         "return; set eval.enabled=true (or sweep a grid with the default sweeper)")
 
 
+def check_features(features, weights, prefix: str, points: bool) -> None:
+    """eval.features and eval.inception_weights (gantrain eval: features, inception_weights)."""
+    if features not in ("auto", "inception"):
+        raise UserError(f"{prefix}features must be auto or inception, got {features!r}; e.g. {prefix}features=inception")
+    if weights is not None and features != "inception":
+        raise UserError(f"{prefix}inception_weights is read only with {prefix}features=inception; add that, or drop it")
+    if features == "inception" and points:
+        raise UserError(f"{prefix}features=inception judges images, and this data set holds 2D points; drop it")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Types and ranges of the top-level training keys: one UserError naming the key and a valid example."""
     for key in POSITIVE_INTS + NON_NEGATIVE_INTS:
@@ -38,6 +48,7 @@ def check_train_config(cfg: DictConfig) -> None:
         raise UserError(f"ema_decay must be a number in [0, 1) (0 = off), got {cfg.ema_decay!r}; e.g. ema_decay=0.999")
     if cfg.eval.metric not in ("auto", "fd", "kid"):
         raise UserError(f"eval.metric must be auto, fd or kid, got {cfg.eval.metric!r}; e.g. eval.metric=fd")
+    check_features(cfg.eval.features, cfg.eval.inception_weights, "eval.", cfg.data.name in MIXTURES)
     if not is_int(cfg.eval.n) or cfg.eval.n < 2:
         raise UserError(f"eval.n must be an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")
     if cfg.on_nan not in ("stop", "skip"):

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gantrain.commands.tables import as_table, console, write_csv
 from gantrain.components.data import load_data
-from gantrain.config import is_int, kwargs_of, pick_device, user_path
+from gantrain.config import check_features, is_int, kwargs_of, pick_device, user_path
 from gantrain.engine.build import generator_from_checkpoint
 from gantrain.errors import UserError
 from gantrain.evaluation.evaluate import evaluate_stack, headline, write_metrics
@@ -44,8 +44,10 @@ def evaluate_checkpoint(path: Path, cfg: DictConfig, device, datasets: dict) -> 
     if key not in datasets:
         datasets[key] = load_data(saved.data.name, **kwargs).to(device)
     data = datasets[key]
+    check_features(cfg.features, cfg.inception_weights, "", data.x.dim() == 2)
     sample = lambda z, y, members: G(z[0], None if y is None else y[0]).unsqueeze(0)  # one generator: K = 1
-    results = evaluate_stack(sample, data, saved.data.name, saved.latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n])[0]
+    results = evaluate_stack(sample, data, saved.data.name, saved.latent_size, ckpt.get("num_classes", 0), [cfg.seed], [cfg.n],
+                             cfg.features, cfg.inception_weights)[0]
     if not results:
         raise UserError(f"no metrics for data set {saved.data.name} ({path}): eval covers image sets and ring8/grid25")
     return results, ckpt, saved
@@ -90,6 +92,7 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
     with open(out / "eval.csv", "w", newline="") as f:
         write_csv(rows, f)
     print_table(rows, f"{len(rows)} checkpoints on {evaluated[0][2].data.name}, each against the same "
-                      f"{first['n_real']} real examples and {first['n_fake']} samples from the same latents")
+                      f"{first['n_real']} real examples and {first['n_fake']} samples from the same latents"
+                      + (f", in {first['features']} features" if "features" in first else ""))
     log.info(f"wrote {out / 'metrics.json'} and {out / 'eval.csv'}")
     return None

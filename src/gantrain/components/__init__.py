@@ -2,5 +2,5 @@
 
 Importing this package fills every registry (registry.py), so `lookup(kind, name)` sees every entry.
 """
-from gantrain.components import augment, data, losses, networks, optimizers, resnet  # noqa: F401  (they register)
+from gantrain.components import augment, data, dcgan, losses, networks, optimizers, resnet  # noqa: F401  (they register)
 from gantrain.components.registry import describe, lookup, register  # noqa: F401

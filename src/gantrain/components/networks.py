@@ -13,7 +13,6 @@ from torch import nn
 
 from gantrain.components.layers import Heads, SNConv2d, SNLinear, hidden_layers
 from gantrain.components.registry import register
-from gantrain.errors import UserError
 
 
 def is_image(shape: tuple[int, ...]) -> bool:
@@ -75,68 +74,6 @@ def mlp(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_cla
     """The reference MLP pair (G: z-h-h-x, ReLU/Tanh; D: x-h-h-1, LeakyReLU 0.2); also for 2D points."""
     return (MLPGenerator(latent_size, hidden_size, data_shape, num_classes, depth, heads),
             MLPDiscriminator(data_shape, hidden_size, num_classes, depth, pack))
-
-
-class DCGANGenerator(nn.Module):
-    """z (B, latent) -> (B, C, H, W): Linear to (4c, H/4, W/4), two stride-2 transposed convs with BatchNorm, Tanh."""
-
-    def __init__(self, latent_size: int, channels: int, image_shape: tuple[int, int, int], num_classes: int = 0):
-        super().__init__()
-        c_out, h, w = image_shape
-        self.start = (4 * channels, h // 4, w // 4)
-        self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
-        self.project = nn.Sequential(nn.Linear(latent_size + num_classes, math.prod(self.start), bias=False),
-                                     nn.BatchNorm1d(math.prod(self.start)), nn.ReLU())
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(4 * channels, 2 * channels, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU(),
-            nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, c_out, 3, 1, 1), nn.Tanh(),
-        )
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(y)], dim=1)
-        return self.net(self.project(z).view(z.shape[0], *self.start))
-
-
-class DCGANDiscriminator(nn.Module):
-    """(B, C, H, W) -> logits (B,): two stride-2 convs (BatchNorm, or spectral norm on every layer), Linear.
-
-    A conditional D gets the label as one extra input channel (a learned H x W map per class).
-    """
-
-    def __init__(self, channels: int, image_shape: tuple[int, int, int], num_classes: int = 0,
-                 spectral_norm: bool = False):
-        super().__init__()
-        c_in, h, w = image_shape
-        conv, linear = (SNConv2d, SNLinear) if spectral_norm else (nn.Conv2d, nn.Linear)
-        self.hw = (h, w)
-        self.embed = nn.Embedding(num_classes, h * w) if num_classes else None
-        self.net = nn.Sequential(
-            conv(c_in + (1 if num_classes else 0), channels, 4, 2, 1), nn.LeakyReLU(0.2),
-            # no bias before BatchNorm (as in the DCGAN paper): BatchNorm removes it, so its gradient is zero
-            # and Adam would step it by ~lr in the direction of float noise
-            conv(channels, 2 * channels, 4, 2, 1, bias=spectral_norm),
-            nn.Identity() if spectral_norm else nn.BatchNorm2d(2 * channels), nn.LeakyReLU(0.2),
-            nn.Flatten(), linear(2 * channels * (h // 4) * (w // 4), 1),
-        )
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embed is not None:
-            x = torch.cat([x, self.embed(y).view(-1, 1, *self.hw)], dim=1)
-        return self.net(x).squeeze(1)
-
-
-@register("model", "dcgan")
-def dcgan(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0,
-          spectral_norm: bool = False):
-    """DCGAN: transposed-conv G with BatchNorm, conv D (optional spectral norm); images with H, W divisible by 4."""
-    if not is_image(data_shape) or data_shape[1] % 4 or data_shape[2] % 4:
-        raise UserError(f"model=dcgan needs images whose height and width are divisible by 4, got shape "
-                        f"{tuple(data_shape)}; use model=mlp for this data")
-    channels = max(hidden_size // 4, 1)  # hidden_size=256 -> 64 base channels, as in the DCGAN paper
-    return (DCGANGenerator(latent_size, channels, data_shape, num_classes),
-            DCGANDiscriminator(channels, data_shape, num_classes, spectral_norm))
 
 
 def has_batch_statistics(net: nn.Module) -> bool:

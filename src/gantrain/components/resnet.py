@@ -1,8 +1,11 @@
-"""The residual G and D of SNGAN (Miyato et al. 2018, the CIFAR-10 architecture of its Table 4): G upsamples
-a 4x4 (or 7x7) feature map through residual blocks with BatchNorm; D downsamples through residual blocks,
-every layer spectrally normalised, then sums its features over space. For 28x28 and 32x32 images with 1 or 3
-channels; `channels` is the width of every block (SNGAN: 256 in G, 128 in D).
+"""The residual G and D of SNGAN (Miyato et al. 2018): G upsamples a small feature map through residual
+blocks with BatchNorm, one per doubling; D downsamples through residual blocks, every layer spectrally
+normalised, then sums its features over space. LAYOUTS holds the paper's networks for each image side: the
+CIFAR-10 one (every block as wide, used for 28 and 32 px and any smaller side), the STL-10 one at 48 px and
+the ImageNet ones at 64 and 128 px (SNGAN's code, sngan_projection), whose channels shrink as G's image grows.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,17 +15,46 @@ from gantrain.components.registry import register
 from gantrain.errors import UserError
 
 
+@dataclass(frozen=True)
+class Layout:
+    """One of SNGAN's networks, its widths in multiples of a base width (hidden_size / divisor)."""
+    start: int          # side of G's first feature map: 4 (7 for 28 px, 6 for STL-10's 48 px)
+    g: tuple            # G's widths: its first map's, then each up-block's output
+    d: tuple            # D's blocks' widths
+    downs: int          # D's first blocks that halve the image (the rest keep its size)
+    divisor: int        # base width = hidden_size / divisor
+
+
+LAYOUTS = {
+    28: Layout(7, (1, 1, 1), (1, 1, 1, 1), 2, 2),                  # CIFAR-10's, every block hidden_size/2 wide
+    32: Layout(4, (1, 1, 1, 1), (1, 1, 1, 1, 1), 3, 2),            # CIFAR-10 (SNGAN Table 4)
+    48: Layout(6, (8, 4, 2, 1), (1, 2, 4, 8, 16), 4, 4),           # STL-10 (Table 5): 512-256-128-64 in G
+    64: Layout(4, (16, 8, 4, 2, 1), (1, 2, 4, 8, 16), 5, 4),       # ImageNet 64 (sngan_projection's snresnet_64)
+    128: Layout(4, (16, 16, 8, 4, 2, 1), (1, 2, 4, 8, 16, 16), 5, 4),  # ImageNet 128 (its snresnet)
+}
+
+
+def layout_for(side: int) -> Layout:
+    """The layout of a side in LAYOUTS; any other side up to 32 that divides by 4 takes CIFAR-10's."""
+    if side in LAYOUTS:
+        return LAYOUTS[side]
+    ups = 3 if side % 8 == 0 else 2
+    return Layout(side >> ups, (1,) * (ups + 1), (1,) * (ups + 2), ups, 2)
+
+
 class GBlock(nn.Module):
-    """BN-ReLU-upsample-conv-BN-ReLU-conv, plus an upsampled 1x1 conv of the input: (B, c, h, w) -> (B, c, 2h, 2w).
+    """BN-ReLU-upsample-conv-BN-ReLU-conv, plus an upsampled 1x1 conv of the input:
+    (B, c_in, h, w) -> (B, c_out, 2h, 2w).
 
     No conv here has a bias: each feeds a BatchNorm (this block's, or the next block's or the output's after
     the sum), which removes it, so its gradient is zero and Adam would step it along float noise."""
 
-    def __init__(self, channels: int):
+    def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        conv = lambda k: nn.Conv2d(channels, channels, k, 1, k // 2, bias=False)
-        self.bn1, self.bn2 = nn.BatchNorm2d(channels), nn.BatchNorm2d(channels)
-        self.conv1, self.conv2, self.skip = conv(3), conv(3), conv(1)
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.skip = nn.Conv2d(c_in, c_out, 1, 1, 0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")
@@ -50,16 +82,16 @@ class DBlock(nn.Module):
 
 
 class ResNetGenerator(nn.Module):
-    """z (B, latent) [+ label embedding] -> (B, C, H, W): Linear to (c, H/2^n, W/2^n), n up-blocks, BN-ReLU-conv-Tanh."""
+    """z (B, latent) [+ label embedding] -> (B, C, S, S): Linear to (widths[0], start, start), one up-block per
+    later width, BN-ReLU-conv-Tanh."""
 
-    def __init__(self, latent_size: int, channels: int, image_shape: tuple[int, int, int], ups: int, num_classes: int = 0):
+    def __init__(self, latent_size: int, widths: list[int], start: int, c_out: int, num_classes: int = 0):
         super().__init__()
-        c_out, h, w = image_shape
-        self.start = (channels, h >> ups, w >> ups)
+        self.start = (widths[0], start, start)
         self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
-        self.project = nn.Linear(latent_size + num_classes, channels * (h >> ups) * (w >> ups))
-        self.blocks = nn.Sequential(*[GBlock(channels) for _ in range(ups)])
-        self.out = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, c_out, 3, 1, 1), nn.Tanh())
+        self.project = nn.Linear(latent_size + num_classes, widths[0] * start * start)
+        self.blocks = nn.Sequential(*[GBlock(c_in, c_out) for c_in, c_out in zip(widths, widths[1:])])
+        self.out = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(), nn.Conv2d(widths[-1], c_out, 3, 1, 1), nn.Tanh())
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
@@ -68,20 +100,20 @@ class ResNetGenerator(nn.Module):
 
 
 class ResNetDiscriminator(nn.Module):
-    """(B, C, H, W) -> logits (B,): a first block and down-blocks to H/2^n, two blocks without pooling, ReLU,
-    a sum over space, a spectrally normalised Linear; conditional: plus a projection of the label (Miyato &
-    Koyama 2018)."""
+    """(B, C, H, W) -> logits (B,): a first block, then one block per later width, the first `downs` of all
+    halving the image; ReLU, a sum over space, a spectrally normalised Linear; conditional: plus a projection
+    of the label (Miyato & Koyama 2018)."""
 
-    def __init__(self, channels: int, image_shape: tuple[int, int, int], downs: int, num_classes: int = 0):
+    def __init__(self, c_in: int, widths: list[int], downs: int, num_classes: int = 0):
         super().__init__()
-        c_in = image_shape[0]
-        blocks = [DBlock(c_in, channels, first=True)] + [DBlock(channels, channels) for _ in range(downs - 1)]
-        self.blocks = nn.Sequential(*blocks, DBlock(channels, channels, down=False), DBlock(channels, channels, down=False))
-        self.linear = SNLinear(channels, 1)
-        self.embed = nn.Embedding(num_classes, channels) if num_classes else None
+        blocks = [DBlock(c_in, widths[0], first=True)]
+        blocks += [DBlock(w_in, w_out, down=i < downs) for i, (w_in, w_out) in enumerate(zip(widths, widths[1:]), 1)]
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = SNLinear(widths[-1], 1)
+        self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (B, channels)
+        h = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (B, widths[-1])
         out = self.linear(h).squeeze(1)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1)
@@ -90,11 +122,13 @@ class ResNetDiscriminator(nn.Module):
 
 @register("model", "resnet")
 def resnet(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0):
-    """SNGAN's residual G (BatchNorm) and D (spectral norm); 28x28 or 32x32 (any side divisible by 8 or 4)."""
-    if len(data_shape) != 3 or data_shape[1] != data_shape[2] or data_shape[1] % 4:
-        raise UserError(f"model=resnet needs square images whose side is divisible by 4 (28, 32, 64), got shape "
-                        f"{tuple(data_shape)}; use model=mlp for this data")
-    ups = 3 if data_shape[1] % 8 == 0 else 2  # 32 -> 4x4 (SNGAN's CIFAR start), 28 -> 7x7
-    channels = max(hidden_size // 2, 8)  # hidden_size=256 -> 128 channels, SNGAN's D width
-    return (ResNetGenerator(latent_size, channels, data_shape, ups, num_classes),
-            ResNetDiscriminator(channels, data_shape, ups, num_classes))
+    """SNGAN's residual G (BatchNorm) and D (spectral norm): CIFAR-10's at 28 and 32 px, STL-10's at 48, ImageNet's at 64 and 128."""
+    side = data_shape[1] if len(data_shape) == 3 and data_shape[1] == data_shape[2] else 0
+    if side % 4 or not 8 <= side <= 32 and side not in LAYOUTS:
+        raise UserError(f"model=resnet takes square images of side 28 or 32 (CIFAR-10's layout, or any side from 8 to "
+                        f"32 divisible by 4), 48 (STL-10's), 64 or 128 (ImageNet's); got shape {tuple(data_shape)}; "
+                        f"resize them (data.image_size=64) or use model=mlp")
+    plan = layout_for(side)
+    base = max(hidden_size // plan.divisor, 8)  # hidden_size=256: 128 in every CIFAR block, SNGAN's ch=64 at 48+ px
+    return (ResNetGenerator(latent_size, [base * m for m in plan.g], plan.start, data_shape[0], num_classes),
+            ResNetDiscriminator(data_shape[0], [base * m for m in plan.d], plan.downs, num_classes))

@@ -134,5 +134,5 @@ def generator_from_checkpoint(ckpt: dict, path, use_ema, device: torch.device) -
     has_ema = ckpt.get("G_ema") is not None
     if use_ema is True and not has_ema:
         raise UserError("ema=true but this checkpoint has no EMA weights (trained with ema_decay off); use ema=auto")
-    load_weights(G, ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"])
+    load_weights(G, ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"], ckpt["version"])
     return G.to(device).eval(), saved

@@ -17,7 +17,7 @@ from gantrain.engine.member import Member, Where
 from gantrain.engine.plan import free_bytes, member_bytes, plan
 from gantrain.engine.resume import auto_resume, carry_metrics
 from gantrain.errors import UserError
-from gantrain.evaluation.evaluate import evaluable
+from gantrain.evaluation.evaluate import evaluable, feature_space
 from gantrain.outputs.checkpoint import load_checkpoint
 from gantrain.outputs.status import job_status, read_status, write_status
 
@@ -134,10 +134,12 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
         raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
                         f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
     num_classes = classes_of(cfg, data)
+    for job in jobs:  # a missing or wrong Inception weights file fails now, not after training
+        if job.cfg.eval.enabled and job.cfg.eval.features == "inception":
+            feature_space(data, "inception", job.cfg.eval.inception_weights)
     k_max = len(jobs)
     if len(jobs) > 1:
-        G, D = build_networks(cfg, data.shape, num_classes)
-        per_member = member_bytes(cfg, data.shape, sum(p.numel() for p in [*G.parameters(), *D.parameters()]))
+        per_member = member_bytes(cfg, data.shape, num_classes)
         free = free_bytes(device)
         k_max = max(1, int(0.5 * free / per_member))
         log.info(f"memory: {free / 2**30:.1f} GiB free on {device}, ~{per_member / 2**20:.1f} MiB per member: "

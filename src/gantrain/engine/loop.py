@@ -185,12 +185,15 @@ class EpochOutputs:
             path = members[k].run_dir / "checkpoints" / "last.pt"
             writes.append(writer.submit(save_checkpoint, path, states[k]))
             members[k].last_ckpt = f"{path} (epoch {where.epoch})"
-        if evaluate:
-            cfgs = [members[k].cfg for k in evaluate]
-            sample = lambda z, y, which: nets.sample(z, y, [evaluate[j] for j in which])
+        spaces: dict[tuple, list[int]] = {}  # members due, by the feature space they are judged in
+        for k in evaluate:
+            spaces.setdefault((members[k].cfg.eval.features, members[k].cfg.eval.inception_weights), []).append(k)
+        for (features, weights), due in spaces.items():
+            cfgs = [members[k].cfg for k in due]
+            sample = lambda z, y, which, due=due: nets.sample(z, y, [due[j] for j in which])
             results = evaluate_stack(sample, self.data, cfgs[0].data.name, cfgs[0].latent_size, self.num_classes,
-                                     [c.seed for c in cfgs], [c.eval.n for c in cfgs])
-            for k, result in zip(evaluate, results):
+                                     [c.seed for c in cfgs], [c.eval.n for c in cfgs], features, weights)
+            for k, result in zip(due, results):
                 members[k].record_eval(result, states[k], where)
         for w in writes:
             w.result()  # a failed write stops training here, as it would have unthreaded

@@ -73,6 +73,6 @@ class PlainMembers:
 
     def load_member(self, k: int, ckpt: dict) -> None:
         for net, key in ((self.G_net, "G"), (self.D_net, "D"), (self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
-            load_weights(net, ckpt[key])
+            load_weights(net, ckpt[key], ckpt["version"])
         if self.G_ema is not None:  # ema_decay switched on at resume: the average starts from G
-            load_weights(self.G_ema, ckpt["G_ema"] if ckpt.get("G_ema") is not None else ckpt["G"])
+            load_weights(self.G_ema, ckpt["G_ema"] if ckpt.get("G_ema") is not None else ckpt["G"], ckpt["version"])

@@ -6,15 +6,17 @@ other difference (a tensor shape, a code path, the data) splits the jobs into se
 settings the stacked backend cannot run (stacked.why_not_stacked) trains alone, and the plan says why.
 """
 import json
-import math
 import re
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from gantrain.components.registry import lookup
 from gantrain.config import kwargs_of
+from gantrain.engine.build import build_networks, param_dtype
 from gantrain.engine.loop import MEMBER_KEYS
 from gantrain.engine.stacked import why_not_stacked
 
@@ -45,10 +47,39 @@ def plan(configs: list, resumed_at: list[tuple | None] | None = None) -> list[tu
     return [(members, None if len(members) > 1 else "the only job of its kind") for members in groups.values()] + alone
 
 
-def member_bytes(cfg, data_shape, n_params: int) -> int:
-    """A member's memory: parameters, gradients and two optimizer moments, plus a step's activations (rough)."""
-    widths = 2 * (cfg.model.get("depth", 2) * cfg.hidden_size + math.prod(data_shape) + cfg.latent_size)
-    return 4 * (4 * n_params + 6 * 2 * cfg.batch_size * cfg.n_critic * widths)
+class CountCreated(TorchDispatchMode):
+    """Counts the elements of every new tensor the ops under it return (views share memory: not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            self.elements += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def member_bytes(cfg, data_shape, num_classes: int) -> int:
+    """A member's memory: its parameters, their gradients and two optimizer moments, plus a step's
+    activations, counted in one pass through G and D built on the meta device (shapes only, no compute):
+    everything G(z), D(G(z)) and D(x) create, twice (their gradients), per sample of the batch."""
+    with torch.device("meta"):
+        G, D = build_networks(cfg, data_shape, num_classes)
+        created = []
+        for n in (2, 4):  # what grows with the batch; ops on the weights alone (spectral norm's) cancel out
+            n *= cfg.model.get("pack", 1)  # PacGAN's D takes a multiple of its pack
+            z, y = torch.zeros(n, cfg.latent_size), torch.zeros(n, dtype=torch.long) if num_classes else None
+            with CountCreated() as in_g:
+                x = G(z, y)
+            with CountCreated() as in_d:
+                D(x, y)
+            created.append((in_g.elements + 2 * in_d.elements, n))  # D sees the fakes and the reals
+    per_sample = (created[1][0] - created[0][0]) / (created[1][1] - created[0][1])
+    n_params = sum(p.numel() for p in [*G.parameters(), *D.parameters()])
+    itemsize = torch.finfo(param_dtype(cfg.trainer.precision)).bits // 8
+    return int(itemsize * (4 * n_params + 2 * cfg.batch_size * per_sample))
 
 
 def free_bytes(device) -> int:

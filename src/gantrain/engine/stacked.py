@@ -18,6 +18,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from gantrain.components.networks import has_batch_statistics
 from gantrain.components.registry import lookup
 from gantrain.config import kwargs_of
+from gantrain.outputs.checkpoint import weights_mismatch
 
 
 def why_not_stacked(cfg) -> str | None:
@@ -167,8 +168,11 @@ class StackedMembers:
 
     def load_member(self, k: int, ckpt: dict) -> None:
         """Member k from a checkpoint (written by a lone run or a stack: the same format)."""
-        self.g.load_member(k, ckpt["G"])
-        self.d.load_member(k, ckpt["D"])
+        try:
+            self.g.load_member(k, ckpt["G"])
+            self.d.load_member(k, ckpt["D"])
+        except (KeyError, RuntimeError) as e:  # a missing key, or a shape that does not fit
+            raise weights_mismatch(e, ckpt["version"]) from None
         if self.ema is not None:  # ema_decay switched on at resume: the average starts from G
             self.g.load_member(k, ckpt["G_ema"] if ckpt.get("G_ema") is not None else ckpt["G"], self.ema)
         self.opt_g.restore_member(k, ckpt["opt_g"])

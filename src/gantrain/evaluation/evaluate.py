@@ -13,6 +13,7 @@ from gantrain.errors import UserError
 from gantrain.evaluation import metrics
 from gantrain.cache import cache_dir
 from gantrain.evaluation.features import content_hash, feature_net, split
+from gantrain.evaluation.inception import inception_score, load_inception
 from gantrain.outputs.checkpoint import atomic_save
 
 log = logging.getLogger("gantrain")
@@ -47,18 +48,33 @@ def features(net, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(chunk) for chunk in x.split(CHUNK)])
 
 
-_references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, n)
+_references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, space, n)
+_inception: dict[tuple, torch.nn.Module] = {}  # this process's Inception networks, by (weights, device)
+
+
+def feature_space(data: TensorData, features: str, weights: str | None) -> tuple[torch.nn.Module, tuple | None, str]:
+    """The network behind the image metrics, its held-out (score, what the score is) or None for Inception,
+    and the name of its feature space: 'inception' (eval.features=inception), else the 'classifier' or
+    'contrastive' encoder gantrain trains on the data set itself (features.py)."""
+    if features == "inception":
+        key = (weights, str(data.device))
+        if key not in _inception:
+            _inception[key] = load_inception(weights, data.device)
+        return _inception[key], None, "inception"
+    net, score, what = feature_net(data, data.device)  # trained once (with gradients), then cached
+    return net, (score, what), "classifier" if data.y is not None else "contrastive"
 
 
 @torch.no_grad()
-def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
+def real_reference(net, data: TensorData, n: int, space: str = "classifier") -> metrics.RealReference:
     """Features and k-NN radii of the n real examples every evaluation compares with (the first n of one
     fixed shuffle: the same for every run, member and checkpoint, so their numbers compare): computed once
-    per data set and n, and cached on disk beside the feature network."""
-    key = (content_hash(data), n)
+    per data set, feature space and n, and cached on disk beside the feature network."""
+    key = (content_hash(data), space, n)
     if key in _references:
         return _references[key]
-    path = cache_dir() / "references" / f"{key[0]}-n{n}-v{REFERENCE_VERSION}.pt"
+    name = f"{key[0]}-n{n}" if space != "inception" else f"{key[0]}-inception-n{n}"  # gantrain's own: by the data
+    path = cache_dir() / "references" / f"{name}-v{REFERENCE_VERSION}.pt"
     try:
         saved = torch.load(path, map_location=data.device, weights_only=True)
         reference = metrics.RealReference(saved["feats"], saved["radii"], saved["k"])
@@ -71,10 +87,12 @@ def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
 
 
 def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, num_classes: int,
-                   seeds: list[int], ns: list[int]) -> list[dict]:
+                   seeds: list[int], ns: list[int], features: str = "auto", weights: str | None = None) -> list[dict]:
     """Metrics of M generators: sample(z (M, n, latent), y, members) -> their samples (M, n, ...), member j
     drawing its latents from seeds[j] and compared with the same ns[j] real examples as every other
-    evaluation (2D mixtures: the protocol's 2,500 points). Mode counts for the 2D mixtures; FD, KID, precision/recall, class coverage for images."""
+    evaluation (2D mixtures: the protocol's 2,500 points). Mode counts for the 2D mixtures; for images FD,
+    KID, precision/recall and class coverage in gantrain's own features, or FID, KID, precision/recall and
+    the Inception Score in Inception's (features=inception, weights: its file)."""
     if data.x.dim() == 2:
         if data_name not in MIXTURES:
             return [{} for _ in seeds]
@@ -82,16 +100,18 @@ def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, n
         with torch.no_grad():
             points = torch.cat(list(samples_in_chunks(sample, list(range(len(seeds))), latents, data.device)), dim=1)
         return [metrics.mixture_metrics(data_name, p, n_real=len(data)) for p in points]
-    net, score, what = feature_net(data, data.device)  # trained once (with gradients), then cached
+    net, score, space = feature_space(data, features, weights)
     with torch.no_grad():
-        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, score, what)
+        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, score, space)
 
 
 def image_results(sample, data: TensorData, latent_size: int, num_classes: int, seeds: list[int], ns: list[int],
-                  net, score: float, what: str) -> list[dict]:
-    """FD, KID, precision/recall and (labelled data) class coverage of each member, its samples featurised
-    with the others'."""
-    classes, n_held = (0 if data.y is None else int(data.y.max()) + 1), len(split(len(data))[1])
+                  net, score: tuple | None, space: str) -> list[dict]:
+    """Each member's metrics, its samples featurised with the others': FD (FID in Inception's space), KID,
+    precision/recall, and class coverage (a classifier's space) or the Inception Score. Every entry names
+    its feature space."""
+    classes = 0 if data.y is None or space != "classifier" else int(data.y.max()) + 1
+    n_held = len(split(len(data))[1])
     results: list[dict] = [{} for _ in seeds]
     if max(ns) > len(data):
         log.info(f"eval: n={max(ns)} is more than the data set's {len(data)} examples: {len(data)} generated images "
@@ -102,19 +122,23 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
         feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
                            for x in samples_in_chunks(sample, group, latents, data.device)], dim=1)  # (M', n, F)
         for j, f in zip(group, feats):
-            out = metrics.image_metrics(real_reference(net, data, n), f, net.logits(f), classes)
-            out["feature_net_accuracy"] = metrics.entry(score, n_held, 0, note=what)
-            results[j] = out
+            out = metrics.image_metrics(real_reference(net, data, n, space), f, net.logits(f) if classes else None, classes)
+            if space == "inception":
+                out = {("fid" if name == "fd" else name): value for name, value in out.items()} | inception_score(net.logits(f))
+            else:
+                out["feature_net_accuracy"] = metrics.entry(score[0], n_held, 0, note=score[1])
+            results[j] = {name: {**value, "features": space} for name, value in out.items()}
     return results
 
 
 def headline(results: dict, metric: str = "auto") -> float | None:
-    """One number to minimise (Optuna, best.pt): FD (or KID) for images; -(modes + HQ fraction) for 2D."""
+    """One number to minimise (Optuna, best.pt): FD, FID in Inception's space (or KID) for images;
+    -(modes + HQ fraction) for 2D."""
     if not results:
         return None
     if "modes" in results:
         return -(results["modes"]["value"] + results["hq_percent"]["value"] / 100)
-    name = "fd" if metric == "auto" else metric
+    name = ("fid" if "fid" in results else "fd") if metric in ("auto", "fd") else metric
     if name not in results:
         raise UserError(f"eval.metric={metric} is not among this run's metrics ({', '.join(results)}); use auto, fd or kid")
     return results[name]["value"]

@@ -15,7 +15,7 @@ import torch
 from gantrain.errors import UserError
 
 FORMAT = "gantrain-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: model=dcgan at square powers of two from 32 px and model=resnet at 48-128 px grew with the image
 REQUIRED_KEYS = ("format", "version", "config", "data_shape", "epoch", "step", "G", "D", "opt_g", "opt_d", "rng")
 
 
@@ -108,12 +108,21 @@ def set_rng_state(generator: torch.Generator, state: dict) -> None:
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
 
 
-def load_weights(net: torch.nn.Module, state: dict) -> None:
-    """load_state_dict, with a mismatch reported as a one-line UserError."""
+def weights_mismatch(error: Exception, version: int) -> UserError:
+    """The one line for weights that do not fit the networks a checkpoint's own config builds."""
+    if version < 2:
+        return UserError("checkpoint written by gantrain 0.1, whose model=dcgan at 32 px and above (and model=resnet "
+                         "at 48-128 px) had another layout than today's, which grows with the image; train it "
+                         "again, or sample it with gantrain 0.1 (pip install gantrain==0.1.0)")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if "mismatch" in line or "Missing" in line or "Unexpected" in line), lines[0] if lines else "")
+    return UserError(f"checkpoint does not match the networks it names ({detail[:140]}); "
+                     f"use a checkpoint as gantrain train wrote it")
+
+
+def load_weights(net: torch.nn.Module, state: dict, version: int = VERSION) -> None:
+    """load_state_dict, with a mismatch reported as a one-line UserError. version: the checkpoint's format."""
     try:
         net.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = next((line for line in lines if "mismatch" in line or "Missing" in line or "Unexpected" in line), lines[0] if lines else "")
-        raise UserError(f"checkpoint does not match the networks it names ({detail[:140]}); "
-                        f"use a checkpoint as gantrain train wrote it") from None
+        raise weights_mismatch(e, version) from None

@@ -1,0 +1,102 @@
+"""eval.features=inception: FID, KID and IS through the FID Inception network, against torch-fidelity's own
+numbers on the same images, with a stand-in weights file (the real one cannot be downloaded here): the
+architecture and keys of torch-fidelity's, with random weights made in the test."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli, write_photo_folder
+from gantrain.errors import UserError
+from gantrain.evaluation import metrics
+from gantrain.evaluation.inception import inception_score, load_inception
+
+torch_fidelity = pytest.importorskip("torch_fidelity", reason="torch-fidelity (gantrain[inception]) is not installed")
+pytestmark = pytest.mark.xdist_group("inception")  # one worker builds the stand-in network once
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory) -> str:
+    """torch-fidelity's InceptionV3 with random weights, scaled so features neither vanish nor explode."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    folder = tmp_path_factory.mktemp("inception")
+    torch.save({}, folder / "empty.pth")
+    original = FeatureExtractorInceptionV3.load_state_dict
+    FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None  # keep torch's random initialisation
+    try:
+        torch.manual_seed(0)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=folder / "empty.pth")
+    finally:
+        FeatureExtractorInceptionV3.load_state_dict = original
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    torch.save(net.state_dict(), folder / "stand_in.pth")
+    return str(folder / "stand_in.pth")
+
+
+def image_sets(folder, n: int = 12) -> list[np.ndarray]:
+    """Two sets of n RGB 32x32 images, as PNG folders: photo crops, and the same crops blurred and shifted."""
+    photos = write_photo_folder(folder / "a", n, side=32)
+    a = np.stack([np.asarray(Image.open(p)) for p in sorted(photos.glob("*.png"))])
+    b = np.clip(np.roll(a, 3, axis=2).astype(int) // 2 + 60, 0, 255).astype(np.uint8)
+    (folder / "b").mkdir()
+    for i, img in enumerate(b):
+        Image.fromarray(img).save(folder / "b" / f"{i:04d}.png")
+    return [a, b]
+
+
+def test_fid_kid_and_is_equal_torch_fidelitys_own(stand_in, tmp_path):
+    a, b = image_sets(tmp_path)
+    theirs = torch_fidelity.calculate_metrics(input1=str(tmp_path / "b"), input2=str(tmp_path / "a"), cuda=False,
+                                              fid=True, kid=True, isc=True, kid_subset_size=len(a), verbose=False,
+                                              feature_extractor_weights_path=stand_in)
+    net = load_inception(stand_in, torch.device("cpu"))
+    as_floats = lambda u8: torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1  # gantrain's image range
+    with torch.no_grad():
+        real, fake = net(as_floats(a)), net(as_floats(b))
+        ours = metrics.fd_and_kid(real, fake)
+        score = inception_score(net.logits(fake))["is"]
+    assert theirs["frechet_inception_distance"] > 1e-3  # the two sets differ in this network's features
+    assert ours["fd"]["value"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-3)
+    assert ours["kid"]["value"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-3)
+    assert score["value"] == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p, good: torch.save({k: v for k, v in list(torch.load(good).items())[:-3]}, p), "is not the FID Inception network"),
+    (lambda p, good: p.write_bytes(open(good, "rb").read()[:100_000]), "truncated or corrupt"),
+    (lambda p, good: p.write_bytes(pickle.dumps(print)), "was refused"),
+    (lambda p, good: torch.save({"a": 1}, p), "not a state dict of tensors"),
+])
+def test_a_weights_file_that_is_not_inception_is_one_line(stand_in, tmp_path, make, says):
+    bad = tmp_path / "bad.pth"
+    make(bad, stand_in)
+    with pytest.raises(UserError, match=says):
+        load_inception(str(bad), torch.device("cpu"))
+
+
+def test_train_and_eval_report_fid_in_inception_features(stand_in, tmp_path):
+    photos = write_photo_folder(tmp_path / "photos", 40, side=32)
+    common = ["data=folder", f"data.root={photos}", "data.image_size=32", "device=cpu", "hydra.run.dir=run"]
+    train = run_cli("train", *common, "model=dcgan", "epochs=1", "batch_size=20", "hidden_size=16", "latent_size=8",
+                    "eval.n=10", "eval.features=inception", f"eval.inception_weights={stand_in}", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert {"fid", "kid", "is", "precision", "recall"} == set(saved)  # no FD: an FD in Inception's space is an FID
+    assert all(e["features"] == "inception" for e in saved.values())
+    again = run_cli("eval", f"ckpt={tmp_path / 'run'}", "n=10", "features=inception", f"inception_weights={stand_in}",
+                    "out=again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "features=inception" in again.stdout
+    redone = json.loads((tmp_path / "again" / "metrics.json").read_text())["metrics"]
+    assert redone["fid"]["value"] == pytest.approx(saved["fid"]["value"], rel=1e-4)
+    # offline, no weights file: one line naming the file and where to put it
+    missing = run_cli("train", *common[:-1], "hydra.run.dir=run2", "epochs=1", "batch_size=20", "eval.features=inception", f"eval.inception_weights={tmp_path}/none.pth",
+                      cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "hub")})
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "weights-inception-2015-12-05-6726825d.pth" in missing.stderr and missing.stderr.strip().count("\n") == 0
