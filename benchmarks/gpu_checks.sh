@@ -7,13 +7,14 @@
 #    else 2 epochs of it (every default: samples, checkpoints, eval), to check the pipeline;
 # 3. the tests that name a device, on the GPU (members = lone runs over losses x models x optimizers, resume);
 # 4. bench_train on the GPU (the floor, the step in its loop, a whole process);
-# 5. bench_data: a folder of photos prepared, then fed to a 64-px DCGAN in memory, streamed and by a DataLoader.
+# 5. bench_data: a folder of photos prepared, then fed to a 64-px DCGAN in memory, streamed and by a DataLoader;
+# 6. bench_sizes: the photo presets (64-px DCGAN, 128-px SNGAN) alone and as a stack of 4, memory per member.
 # Where gantrain is not installed (a bare GPU machine with torch), it runs from the checkout: src/ and any
 # pure-Python packages copied into .devsite/ go on PYTHONPATH (the GPU image has torch, torchmetrics, rich,
 # matplotlib; copy hydra, omegaconf, antlr4 and mlxtend from .venv's site-packages into an ignored .devsite/
 # and carry it). DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
 # Knobs: SET="trainer.precision=tf32" (overrides for the benchmark and the sweep), SWEEP_SET="eval.enabled=false"
-# (the sweep only), SKIP="bench_sweep tests bench_train bench_data", PROFILE=1 (the stacked step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
+# (the sweep only), SKIP="bench_sweep tests bench_train bench_data bench_sizes", SIZE_STEPS, PROFILE=1 (the stacked step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
 set -u
 work=${1:-/tmp/gpu_checks}  # data and run dirs (large)
 results=${2:-$work/results}  # the report, a member's curves and samples
@@ -73,4 +74,6 @@ skip bench_train || python3 benchmarks/bench_train.py --device "$device" --steps
 stage "bench_data: 20,000 CelebA-shaped JPEGs prepared once, served in memory, streamed and by a DataLoader"
 skip bench_data || python3 benchmarks/bench_data.py --device "$device" --images "${DATA_IMAGES:-20000}" --steps 50 \
     --keep "$work/celeba_like"
+stage "bench_sizes: dcgan64 and sngan128, a lone run and a stack of 4, memory per member against the estimate"
+skip bench_sizes || (cd benchmarks && python3 bench_sizes.py --device "$device" --steps "${SIZE_STEPS:-20}" --members 4)
 stage "done"

@@ -95,8 +95,29 @@ def test_train_and_eval_report_fid_in_inception_features(stand_in, tmp_path):
     assert "features=inception" in again.stdout
     redone = json.loads((tmp_path / "again" / "metrics.json").read_text())["metrics"]
     assert redone["fid"]["value"] == pytest.approx(saved["fid"]["value"], rel=1e-4)
+    report = run_cli("report", str(tmp_path / "run"), "--format", "markdown", cwd=tmp_path)
+    assert "sorted by fid; image metrics in inception features" in report.stdout
     # offline, no weights file: one line naming the file and where to put it
     missing = run_cli("train", *common[:-1], "hydra.run.dir=run2", "epochs=1", "batch_size=20", "eval.features=inception", f"eval.inception_weights={tmp_path}/none.pth",
                       cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "hub")})
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "weights-inception-2015-12-05-6726825d.pth" in missing.stderr and missing.stderr.strip().count("\n") == 0
+
+
+def test_members_of_one_stack_are_judged_in_their_own_feature_spaces(stand_in, tmp_path):
+    """eval.* may differ between members: one member in Inception's features, the other in gantrain's own;
+    each gets the metrics its lone run gets."""
+    from conftest import TINY, compose_train
+    from gantrain.engine.jobs import Job, train, train_group
+    from gantrain.engine.plan import plan
+
+    photos = write_photo_folder(tmp_path / "photos", 40, side=32)
+    common = [*TINY, "epochs=1", "data=folder", f"data.root={photos}", "data.image_size=32", "model=dcgan", "eval.n=10"]
+    cfgs = [compose_train([*common, "eval.features=inception", f"eval.inception_weights={stand_in}"]),
+            compose_train([*common, "seed=1"])]
+    assert len(plan(cfgs)) == 1  # one stack
+    train_group([Job(c.copy(), tmp_path / f"stack{k}", [], str(k), own_log=True) for k, c in enumerate(cfgs)])
+    train(cfgs[0].copy(), tmp_path / "alone0", [])
+    read = lambda d: json.loads((tmp_path / d / "metrics.json").read_text())["metrics"]
+    assert read("stack0")["fid"]["features"] == "inception" and read("stack1")["fd"]["features"] == "contrastive"
+    assert read("stack0")["fid"]["value"] == pytest.approx(read("alone0")["fid"]["value"], rel=1e-3)

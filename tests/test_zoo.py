@@ -9,7 +9,7 @@ from omegaconf import open_dict
 from PIL import Image
 from torch import nn
 
-from conftest import Evil, tiny_images, write_idx
+from conftest import Evil, tiny_images, write_idx, write_photo_folder
 from gantrain.outputs.checkpoint import load_checkpoint
 from gantrain.commands.listing import experiment_presets
 from gantrain.components.data import load_data
@@ -353,9 +353,15 @@ def test_experiment_presets_compose_and_train(mnist_root, tmp_path, preset):
         assert as_shipped != compose_train([])  # the preset changes something
     is_2d = as_shipped.data.name in ("ring8", "grid25")
     data = ["data.n=600"] if is_2d else ["data=mnist", f"data.root={mnist_root}"]  # image presets: tiny MNIST
+    if as_shipped.data.name == "folder":  # photo presets: 40 photos at the preset's own size, its own networks
+        data = [f"data.root={write_photo_folder(tmp_path / 'photos', 40, side=as_shipped.data.image_size)}",
+                "batch_size=4", "eval.enabled=false"]  # (folder evaluation: test_eval)
     cfg = compose_train([f"experiment={preset}", *TINY, "epochs=1", *data])
     train(cfg, tmp_path, [])
     assert finite_weights(tmp_path)
+    if as_shipped.data.name == "folder":  # trained at the preset's size, which gantrain list shows
+        side = as_shipped.data.image_size
+        assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["data_shape"] == [3, side, side]
 
 
 def test_reference_preset_is_exactly_the_defaults():

@@ -23,6 +23,7 @@ class Job:
     status: dict
     last: dict[str, float] = field(default_factory=dict)  # the final metrics.csv row
     metrics: dict[str, float] = field(default_factory=dict)  # eval metrics (metrics.json)
+    features: str | None = None  # the feature space of its image metrics: classifier | contrastive | inception
 
 
 def find_jobs(path: Path) -> list[Job]:
@@ -39,6 +40,7 @@ def find_jobs(path: Path) -> list[Job]:
         if (d / "metrics.json").exists():
             saved = json.loads((d / "metrics.json").read_text())["metrics"]
             job.metrics = {k: (math.inf if e["value"] is None else e["value"]) for k, e in saved.items()}
+            job.features = next((e["features"] for e in saved.values() if "features" in e), None)
         jobs.append(job)
     return jobs
 
@@ -137,7 +139,7 @@ def as_markdown(rows_: list[dict]) -> str:
 def report_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gantrain report", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="a run dir or a multirun (sweep) dir")
-    parser.add_argument("--metric", default=None, help="sort by this eval metric (default: fd, else modes)")
+    parser.add_argument("--metric", default=None, help="sort by this eval metric (default: fid, else fd, else modes)")
     parser.add_argument("--format", choices=("table", "csv", "markdown", "json"), default="table",
                         help="table (whole values when piped), or csv / markdown / json on stdout for scripts")
     args = parser.parse_args(argv)
@@ -147,14 +149,16 @@ def report_command(argv: list[str]) -> int:
         raise UserError(f"no runs under {path}: pass a run dir (outputs/train/<date>/<time>) or a sweep dir "
                         f"(outputs/train-multirun/<date>/<time>)")
     metric_names = list(dict.fromkeys(m for j in jobs for m in j.metrics))
-    metric = args.metric or next((m for m in ("fd", "modes") if m in metric_names), None)
+    metric = args.metric or next((m for m in ("fid", "fd", "modes") if m in metric_names), None)
     if metric and metric not in metric_names:
         raise UserError(f"no job has metric {metric!r}; choose one of {', '.join(metric_names) or '(none: no eval ran)'}")
     if metric:
         jobs.sort(key=sort_key(metric))
     swept = swept_keys(jobs)
     table_rows, summary = rows(jobs, swept, metric_names), summary_rows(jobs, swept, metric_names)
-    title = f"{path}: {len(jobs)} job(s)" + (f", sorted by {metric}" if metric else "")
+    spaces = sorted({j.features for j in jobs if j.features})  # an FD means something only within one of them
+    title = (f"{path}: {len(jobs)} job(s)" + (f", sorted by {metric}" if metric else "")
+             + (f"; image metrics in {' and '.join(spaces)} features" if spaces else ""))
     if args.format == "table":
         out = console()
         out.print(as_table(table_rows, title))

@@ -91,7 +91,8 @@ class Member:
         self.tracker.scalars({f"eval/{k}": v["value"] for k, v in results.items() if math.isfinite(v["value"])}, where.step)
         first = next(iter(results.values()))
         self.say(f"eval at epoch {where.epoch}: " + ", ".join(f"{k} {v['value']:.4g}" for k, v in results.items())
-                 + f" (n_real {first['n_real']}, n_fake {first['n_fake']})")
+                 + f" (n_real {first['n_real']}, n_fake {first['n_fake']}"
+                 + (f", in {first['features']} features)" if "features" in first else ")"))
         if self.best is None or score < self.best:
             save_checkpoint(self.run_dir / "checkpoints" / "best.pt", state)
             self.best = score
