@@ -200,7 +200,7 @@ def test_no_torch_op_runs_beside_the_loops_thread(cfg, tmp_path):
     OpenMP threads than cores every parallel region of the step waits on a wake-up (artifacts.py)."""
     from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
-    cfg.logger.name = "tensorboard"
+    cfg.logger = {"tensorboard": {}}
     with profile(activities=[ProfilerActivity.CPU], experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
         torch.zeros(1).add_(1)  # marks the loop's thread
         train(cfg, tmp_path, [])
@@ -230,8 +230,11 @@ def test_resume_honours_the_keys_the_readme_says_may_change_and_the_readme_names
         if key != "resume":  # resume itself is the path
             assert f"`{key}`" in sentence or f"`{key}.*`" in sentence, key
     cfg.resume, cfg.epochs, cfg.on_nan, cfg.eval_every, cfg.eval.n = str(one_epoch_ckpt), 3, "skip", 1, 44
-    job = Job(cfg, tmp_path / "more", ["epochs=3", "on_nan=skip", "eval_every=1", "eval.n=44", f"resume={one_epoch_ckpt}"])
+    cfg.logger = {"tensorboard": {}}
+    job = Job(cfg, tmp_path / "more", ["epochs=3", "on_nan=skip", "eval_every=1", "eval.n=44", "logger=tensorboard",
+                                       f"resume={one_epoch_ckpt}"])
     assert prepare(job, multirun=False)
     assert (job.cfg.epochs, job.cfg.on_nan, job.cfg.eval_every, job.cfg.eval.n) == (3, "skip", 1, 44)
+    assert list(job.cfg.logger) == ["tensorboard"]  # the new logger choice replaces the checkpoint's csv
     train(job.cfg, tmp_path / "run", job.overrides)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]["eval"]["n"] == 44

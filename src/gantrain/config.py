@@ -9,12 +9,13 @@ from omegaconf import DictConfig, OmegaConf
 from gantrain.components.data import MIXTURES
 from gantrain.components.registry import REGISTRIES, lookup
 from gantrain.errors import UserError
+from gantrain.outputs.tracking import logger_names
 
 POSITIVE_INTS = ("epochs", "batch_size", "latent_size", "hidden_size", "log_every", "n_critic")
 NON_NEGATIVE_INTS = ("sample_every", "ckpt_every", "seed", "eval_every")
 # keys a resumed run may change: they alter how the run proceeds or where it reads, not the model it trains
 MUTABLE_ON_RESUME = ("epochs", "device", "log_every", "sample_every", "ckpt_every", "resume", "on_nan",
-                     "eval_every", "eval", "trainer", "data.root", "data.download")
+                     "eval_every", "eval", "trainer", "data.root", "data.download", "logger")
 
 
 def is_int(value) -> bool:
@@ -49,6 +50,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.eval.metric not in ("auto", "fd", "kid"):
         raise UserError(f"eval.metric must be auto, fd or kid, got {cfg.eval.metric!r}; e.g. eval.metric=fd")
     check_features(cfg.eval.features, cfg.eval.inception_weights, "eval.", cfg.data.name in MIXTURES)
+    logger_names(cfg.logger)
     if not is_int(cfg.eval.n) or cfg.eval.n < 2:
         raise UserError(f"eval.n must be an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")
     if cfg.on_nan not in ("stop", "skip"):
@@ -191,7 +193,8 @@ def config_for_resume(ckpt: dict, cfg: DictConfig, overrides: list[str], path) -
         if isinstance(new, DictConfig) and isinstance(old, DictConfig):  # a group (data=mnist): compare the choice
             new, old = new.get("name"), old.get("name")
         if any(key == m or key.startswith(m + ".") for m in MUTABLE_ON_RESUME):
-            OmegaConf.update(saved, key, new, force_add=True)
+            new = OmegaConf.select(cfg, key)  # the whole node of a group: a logger choice replaces the old one
+            OmegaConf.update(saved, key, new, force_add=True, merge=key != "logger")
         elif new != old:
             raise UserError(f"resume: the checkpoint was trained with {key}={_show(old)}, cannot continue with "
                             f"{key}={_show(new)}; drop that override or start a new run without resume=")

@@ -1,4 +1,5 @@
-"""gantrain report PATH: one row per job of a run or sweep dir, sorted by a metric; report.csv and report.png."""
+"""gantrain report PATH: one row per job of a run or sweep dir, sorted by a metric; report.csv, report.png
+(the metric against each swept key, the g_loss curves, every job's last sample grid) and report.html."""
 import argparse
 import json
 import math
@@ -7,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gantrain.commands.report_page import write_page
 from gantrain.commands.tables import as_table, console, fmt, write_csv
 from gantrain.errors import UserError
 from gantrain.outputs.curves import pyplot, read_metrics
@@ -84,11 +86,41 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2g}"
 
 
+def last_grid(job: Job) -> Path | None:
+    """The job's last sample grid (samples/epoch_NNNN.png), if it wrote one."""
+    grids = sorted((job.run_dir / "samples").glob("epoch_*.png"))
+    return grids[-1] if grids else None
+
+
+def caption(job: Job, swept: list[str], metric: str | None) -> list[str]:
+    """What a job's grid is shown under: its name and swept keys, its metric, its state if not done."""
+    lines = [f"job {job.run_dir.name}" + "".join(f"  {k}={job.overrides.get(k, '')}" for k in swept)]
+    if metric and metric in job.metrics:
+        lines.append(f"{metric} {fmt(job.metrics[metric])}" + (f" ({job.features} features)" if job.features else ""))
+    if job.status.get("state", "done") != "done":
+        lines.append(job.status.get("state", "unknown") + (f": {job.status['reason']}" if job.status.get("reason") else ""))
+    return lines
+
+
+GRIDS_SHOWN = 16  # report.png's thumbnails (report.html shows every job)
+
+
 def plot(jobs: list[Job], swept: list[str], metric: str | None, path: Path) -> None:
-    """Left: the metric against each swept hyperparameter. Right: every job's g_loss curve."""
+    """Top left: the metric against each swept hyperparameter. Top right: every job's g_loss curve. Below:
+    the jobs' last sample grids, the best first, under their swept keys and metric."""
     plt = pyplot()
     panels = [k for k in swept if metric] or [None]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4), squeeze=False)
+    shown = [j for j in jobs if last_grid(j)][:GRIDS_SHOWN]
+    per_row = max(len(panels) + 1, min(len(shown), 4)) if shown else len(panels) + 1
+    grid_rows = -(-len(shown) // per_row)
+    fig = plt.figure(figsize=(4.5 * per_row, 4 + 4.2 * grid_rows))
+    layout = fig.add_gridspec(1 + grid_rows, per_row)
+    axes = [[fig.add_subplot(layout[0, i]) for i in range(len(panels) + 1)]]
+    for i, job in enumerate(shown):
+        ax = fig.add_subplot(layout[1 + i // per_row, i % per_row])
+        ax.imshow(plt.imread(last_grid(job)))
+        ax.set_title("\n".join(caption(job, swept, metric)), fontsize=8)
+        ax.axis("off")
     for ax, key in zip(axes[0], panels):
         if key is None:
             ax.text(0.5, 0.5, "no eval metric or no swept key", ha="center", va="center")
@@ -173,5 +205,7 @@ def report_command(argv: list[str]) -> int:
     with open(path / "report.csv", "w", newline="") as f:
         write_csv(table_rows, f)
     plot(jobs, swept, metric, path / "report.png")
-    print(f"wrote {path / 'report.csv'} and {path / 'report.png'}", file=sys.stdout if args.format == "table" else sys.stderr)
+    write_page(path / "report.html", title, table_rows, [(last_grid(j), caption(j, swept, metric)) for j in jobs])
+    print(f"wrote {path / 'report.csv'}, {path / 'report.png'} and {path / 'report.html'}",
+          file=sys.stdout if args.format == "table" else sys.stderr)
     return 0

@@ -167,7 +167,7 @@ def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: tor
     K = len(jobs)
     stack = build_stack([j.cfg for j in jobs], data, num_classes, device)
     members = [Member(j.cfg, j.run_dir, device, evaluable(j.cfg, data), own_log=j.own_log,
-                      prefix=f"[{j.name}] " if j.own_log else "") for j in jobs]
+                      prefix=f"[{j.name}] " if j.own_log else "", overrides=j.overrides) for j in jobs]
     where, orders = Where(), None
     for k, job in enumerate(jobs):
         if job.ckpt is not None:  # every member of a stack resumes from the same point (plan.py)

@@ -94,6 +94,10 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
                 where.epoch, where.position, orders = where.epoch + 1, 0, None
                 outputs.write(where, where.epoch == cfg.epochs, writer)
                 seconds[outputs_are] += time.perf_counter() - tick
+    except BaseException:
+        for m in members:
+            m.tracker.finish(failed=True)
+        raise
     finally:
         for m in members:
             m.close()
@@ -203,6 +207,8 @@ class EpochOutputs:
 
 def finish(members: list[Member], where: Where, first_step: int, seconds: dict) -> None:
     curves.plot_curves_of([m.run_dir for m in members])
+    for m in members:  # their trackers take curves.png and metrics.json with them
+        m.tracker.finish(failed=not m.alive)
     steps, K = where.step - first_step, len(members)
     if K > 1:  # what a stack bought: steps/s of the whole stack, and what its files cost
         log.info(f"stack of {K} members: {steps} steps in {seconds['steps']:.1f} s ({steps / max(seconds['steps'], 1e-9):.1f} "

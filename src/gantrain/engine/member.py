@@ -13,7 +13,7 @@ from gantrain.engine.step import STATS
 from gantrain.evaluation.evaluate import headline, write_metrics
 from gantrain.outputs import artifacts
 from gantrain.outputs.checkpoint import rng_state, save_checkpoint, set_rng_state
-from gantrain.outputs.tracking import open_tracker
+from gantrain.outputs.tracking import Trackers
 from gantrain.processes import log_file
 
 log = logging.getLogger("gantrain")
@@ -36,14 +36,14 @@ class Member:
     """
 
     def __init__(self, cfg, run_dir: Path, device: torch.device, evaluating: bool, own_log: bool = False,
-                 prefix: str = ""):
+                 prefix: str = "", overrides: list[str] = ()):
         self.cfg, self.run_dir, self.evaluating, self.prefix = cfg, run_dir, evaluating, prefix
         self.gen = torch.Generator(device).manual_seed(cfg.seed)  # data order, noise and the loss's draws
         self.alive, self.failure, self.best, self.score = True, None, None, None
         self.last_ckpt = f"{user_path(cfg.resume)}" if cfg.resume else None  # where a diverged run can resume from
         run_dir.mkdir(parents=True, exist_ok=True)
         self.csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
-        self.tracker = open_tracker(cfg.logger.name, run_dir)
+        self.tracker = Trackers(cfg, run_dir, list(overrides))
         self.file_log = None
         if own_log:
             self.file_log = logging.Logger(f"gantrain.member.{run_dir}")  # outside the hierarchy: this file only
@@ -102,7 +102,7 @@ class Member:
         set_rng_state(self.gen, ckpt["rng"])
 
     def close(self) -> None:
+        """Its files; its trackers finish after the run's curves are drawn (loop.finish), or at once on an error."""
         self.csv.close()
-        self.tracker.close()
         for handler in self.file_log.handlers if self.file_log else ():
             handler.close()

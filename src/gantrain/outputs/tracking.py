@@ -1,11 +1,47 @@
-"""Experiment trackers beside the console and metrics.csv (which are always written): logger=tensorboard."""
+"""Experiment trackers beside the console and metrics.csv (which are always written): logger=tensorboard,
+mlflow, wandb, or several at once (logger=[tensorboard,mlflow]). One tracker run per job, and per member of
+a stack. A tracker that fails (a store that cannot be reached, a full disk) says so in one warning line and
+is switched off; training and the others go on, and metrics.csv and metrics.json keep everything.
+"""
+import logging
+import os
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from gantrain.errors import UserError
 
+log = logging.getLogger("gantrain")
 
-class NoTracker:
-    """logger=csv: the console, train.log and metrics.csv only."""
+
+def flat(config: dict, prefix: str = "") -> dict[str, str]:
+    """A nested config as {'optim.lr': '0.0002', ...}: what trackers take as a run's parameters."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
+class Run:
+    """What every tracker is told about its run: the config, the overrides that made the job, its name,
+    and its sweep (the sweep dir, or None for a single run)."""
+
+    def __init__(self, cfg, run_dir: Path, overrides: list[str]):
+        run_dir = run_dir.absolute()
+        self.run_dir, self.overrides = run_dir, [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
+        self.config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+        self.sweep = run_dir.parent if (run_dir.parent / "multirun.yaml").exists() else None
+        self.name = (f"{run_dir.name} " if self.sweep else "") + (" ".join(self.overrides) or run_dir.name)
+
+
+class Tracker:
+    """The interface; logger=csv's (the console, train.log and metrics.csv only)."""
+
+    def __init__(self, run: Run | None = None, settings: dict | None = None):
+        pass
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         pass
@@ -13,17 +49,17 @@ class NoTracker:
     def image(self, tag: str, png: Path, step: int) -> None:
         pass
 
-    def close(self) -> None:
-        pass
+    def finish(self, failed: bool) -> None:
+        """The run ends: its files (curves.png, metrics.json, where its checkpoint is) go with it."""
 
 
-class TensorBoard(NoTracker):
+class TensorBoard(Tracker):
     """Scalars and sample grids as TensorBoard events in <run dir>/tensorboard (tensorboard --logdir outputs)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run: Run, settings: dict):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
@@ -36,16 +72,135 @@ class TensorBoard(NoTracker):
         with Image.open(png) as img:
             self.writer.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
 
-    def close(self) -> None:
+    def finish(self, failed: bool) -> None:
         self.writer.close()
 
 
-def open_tracker(name: str, run_dir: Path) -> NoTracker:
-    if name == "csv":
-        return NoTracker()
-    if name == "tensorboard":
-        try:
-            return TensorBoard(run_dir)
-        except ImportError:
-            raise UserError("logger=tensorboard needs the tensorboard package: pip install 'gantrain[sweep]'") from None
-    raise UserError(f"unknown logger '{name}': valid names are csv, tensorboard (e.g. logger=tensorboard)")
+class MLflow(Tracker):
+    """One MLflow run: the overrides and the whole config as params, every logged row as metrics at its step,
+    sample grids, curves.png and metrics.json as artifacts, the checkpoint's path as a tag; a sweep's jobs
+    share an experiment named after the sweep dir."""
+
+    def __init__(self, run: Run, settings: dict):
+        from mlflow.entities import Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_dir = MlflowClient(settings.get("tracking_uri")), run.run_dir
+        # MLflow logs its store's set-up (creating tables) at INFO on the console: not gantrain's business
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        name = settings.get("experiment") or (str(run.sweep) if run.sweep else "gantrain")
+        found = self.client.get_experiment_by_name(name)
+        experiment = found.experiment_id if found else self.client.create_experiment(name)
+        tags = {"mlflow.runName": run.name, "run_dir": str(run.run_dir), "overrides": " ".join(run.overrides)}
+        self.run_id = self.client.create_run(experiment, tags=tags, run_name=run.name).info.run_id
+        params = [Param(k, v[:6000]) for k, v in flat(run.config).items()]  # MLflow's limit on a value
+        for i in range(0, len(params), 100):  # and on a batch
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self.client.log_batch(self.run_id, tags=[RunTag(f"override.{o.split('=')[0].lstrip('+~')}", o.split("=", 1)[-1])
+                                                 for o in run.overrides])
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def image(self, tag: str, png: Path, step: int) -> None:
+        self.client.log_artifact(self.run_id, str(png), tag)
+
+    def finish(self, failed: bool) -> None:
+        for name in ("curves.png", "metrics.json"):
+            if (self.run_dir / name).exists():
+                self.client.log_artifact(self.run_id, str(self.run_dir / name))
+        self.client.set_tag(self.run_id, "checkpoint", str(self.run_dir / "checkpoints" / "last.pt"))
+        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+
+
+class WandB(Tracker):
+    """One W&B run, grouped by sweep, its files in <run dir>/wandb: offline (`wandb sync` uploads it later)
+    unless WANDB_MODE or logger.wandb.mode says online, or WANDB_API_KEY is set."""
+
+    def __init__(self, run: Run, settings: dict):
+        import wandb
+
+        self.wandb, self.last_step = wandb, 0
+        self.run_dir = run.run_dir
+        mode = settings.get("mode") or "auto"
+        if mode == "auto":  # online only where W&B could reach its server with a key; WANDB_MODE decides first
+            mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(project=settings.get("project") or "gantrain", name=run.name, dir=str(run.run_dir),
+                              group=str(run.sweep) if run.sweep else None, config=run.config, mode=mode,
+                              tags=[o for o in run.overrides if len(o) <= 64][:64] or None, reinit="create_new", settings=wandb.Settings(
+                                  console="off", silent=True, x_disable_stats=True))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.last_step = max(self.last_step, step)
+        self.run.log(dict(values), step=step)
+
+    def image(self, tag: str, png: Path, step: int) -> None:
+        self.run.log({tag: self.wandb.Image(str(png))}, step=self.last_step)  # W&B's steps only go forward
+
+    def finish(self, failed: bool) -> None:
+        if (self.run_dir / "curves.png").exists():
+            self.run.log({"curves": self.wandb.Image(str(self.run_dir / "curves.png"))}, step=self.last_step)
+        self.run.summary["checkpoint"] = str(self.run_dir / "checkpoints" / "last.pt")
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+TRACKERS = {"csv": (Tracker, None), "tensorboard": (TensorBoard, "tensorboard"),
+            "mlflow": (MLflow, "mlflow"), "wandb": (WandB, "wandb")}  # name: class, the package it needs
+
+
+def logger_names(logger) -> list[str]:
+    """The trackers a config's logger node selects: {csv: {}, mlflow: {...}} (several may be chosen), or
+    {name: csv} as checkpoints written before several could be."""
+    names = [logger.name] if "name" in logger else list(logger)
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise UserError(f"unknown logger '{unknown[0]}': valid names are {', '.join(TRACKERS)} "
+                        f"(e.g. logger=mlflow, or several: logger=[tensorboard,mlflow])")
+    return names
+
+
+class Trackers:
+    """Every tracker the config names, each told everything; one that fails warns once and stops."""
+
+    def __init__(self, cfg, run_dir: Path, overrides: list[str]):
+        self.live: dict[str, Tracker] = {}
+        run = Run(cfg, run_dir, overrides)
+        for name in logger_names(cfg.logger):
+            kind, package = TRACKERS[name]
+            node = None if "name" in cfg.logger else cfg.logger[name]
+            settings = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else {}
+            try:
+                self.live[name] = kind(run, settings)
+            except ImportError:
+                extra = "sweep" if name == "tensorboard" else "trackers"
+                raise UserError(f"logger={name} needs the {package} package: pip install 'gantrain[{extra}]'") from None
+            except Exception as e:  # noqa: BLE001  (a store that cannot be reached: warn, train on)
+                self.failed(name, e)
+
+    def failed(self, name: str, error: Exception) -> None:
+        self.live.pop(name, None)
+        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        log.warning(f"logger={name} failed and is off for this run ({detail}); training goes on, and "
+                    f"metrics.csv and metrics.json have every number")
+
+    def call(self, method: str, *args) -> None:
+        for name, tracker in list(self.live.items()):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as e:  # noqa: BLE001
+                self.failed(name, e)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self.call("scalars", values, step)
+
+    def image(self, tag: str, png: Path, step: int) -> None:
+        self.call("image", tag, png, step)
+
+    def finish(self, failed: bool = False) -> None:
+        self.call("finish", failed)
+        self.live.clear()  # finished once: a second call (training stopped by an error) does nothing
