@@ -102,6 +102,7 @@ def test_train_and_eval_report_fid_in_inception_features(stand_in, tmp_path):
                       cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "hub")})
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "weights-inception-2015-12-05-6726825d.pth" in missing.stderr and missing.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "run2" / "metrics.csv").exists()  # refused before the first step, not after training
 
 
 def test_members_of_one_stack_are_judged_in_their_own_feature_spaces(stand_in, tmp_path):
@@ -121,3 +122,13 @@ def test_members_of_one_stack_are_judged_in_their_own_feature_spaces(stand_in, t
     read = lambda d: json.loads((tmp_path / d / "metrics.json").read_text())["metrics"]
     assert read("stack0")["fid"]["features"] == "inception" and read("stack1")["fd"]["features"] == "contrastive"
     assert read("stack0")["fid"]["value"] == pytest.approx(read("alone0")["fid"]["value"], rel=1e-3)
+
+
+def test_cached_real_features_belong_to_the_weights_they_came_from(stand_in, tmp_path):
+    """The real images' features are cached on disk by the data and by the Inception weights: another weights
+    file (say the stand-in, then the real one) never reuses them."""
+    state = torch.load(stand_in, weights_only=True)
+    state["fc.weight"] = state["fc.weight"] + 1
+    torch.save(state, tmp_path / "other.pth")
+    same, again, other = (load_inception(p, torch.device("cpu")) for p in (stand_in, stand_in, str(tmp_path / "other.pth")))
+    assert same.weights_hash == again.weights_hash != other.weights_hash

@@ -25,9 +25,7 @@ class Layout:
     divisor: int        # base width = hidden_size / divisor
 
 
-LAYOUTS = {
-    28: Layout(7, (1, 1, 1), (1, 1, 1, 1), 2, 2),                  # CIFAR-10's, every block hidden_size/2 wide
-    32: Layout(4, (1, 1, 1, 1), (1, 1, 1, 1, 1), 3, 2),            # CIFAR-10 (SNGAN Table 4)
+LAYOUTS = {  # sides up to 32 take CIFAR-10's (SNGAN Table 4): layout_for
     48: Layout(6, (8, 4, 2, 1), (1, 2, 4, 8, 16), 4, 4),           # STL-10 (Table 5): 512-256-128-64 in G
     64: Layout(4, (16, 8, 4, 2, 1), (1, 2, 4, 8, 16), 5, 4),       # ImageNet 64 (sngan_projection's snresnet_64)
     128: Layout(4, (16, 16, 8, 4, 2, 1), (1, 2, 4, 8, 16, 16), 5, 4),  # ImageNet 128 (its snresnet)
@@ -35,7 +33,8 @@ LAYOUTS = {
 
 
 def layout_for(side: int) -> Layout:
-    """The layout of a side in LAYOUTS; any other side up to 32 that divides by 4 takes CIFAR-10's."""
+    """The layout of a side in LAYOUTS; a side up to 32 that divides by 4 takes CIFAR-10's: G from 4x4 (32 px;
+    7x7 at 28), every block hidden_size/2 wide, D's first blocks halving to G's start, then two more."""
     if side in LAYOUTS:
         return LAYOUTS[side]
     ups = 3 if side % 8 == 0 else 2

@@ -48,7 +48,7 @@ def features(net, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(chunk) for chunk in x.split(CHUNK)])
 
 
-_references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, space, n)
+_references: dict[tuple, metrics.RealReference] = {}  # this process's real references, by (data, weights, n)
 _inception: dict[tuple, torch.nn.Module] = {}  # this process's Inception networks, by (weights, device)
 
 
@@ -66,14 +66,16 @@ def feature_space(data: TensorData, features: str, weights: str | None) -> tuple
 
 
 @torch.no_grad()
-def real_reference(net, data: TensorData, n: int, space: str = "classifier") -> metrics.RealReference:
+def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
     """Features and k-NN radii of the n real examples every evaluation compares with (the first n of one
     fixed shuffle: the same for every run, member and checkpoint, so their numbers compare): computed once
-    per data set, feature space and n, and cached on disk beside the feature network."""
-    key = (content_hash(data), space, n)
+    per data set, feature network and n, and cached on disk beside the feature network. gantrain's own
+    networks are made from the data, so the data names them; Inception by its weights."""
+    weights = getattr(net, "weights_hash", None)
+    key = (content_hash(data), weights, n)
     if key in _references:
         return _references[key]
-    name = f"{key[0]}-n{n}" if space != "inception" else f"{key[0]}-inception-n{n}"  # gantrain's own: by the data
+    name = f"{key[0]}-n{n}" if weights is None else f"{key[0]}-inception-{weights}-n{n}"
     path = cache_dir() / "references" / f"{name}-v{REFERENCE_VERSION}.pt"
     try:
         saved = torch.load(path, map_location=data.device, weights_only=True)
@@ -122,7 +124,7 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
         feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
                            for x in samples_in_chunks(sample, group, latents, data.device)], dim=1)  # (M', n, F)
         for j, f in zip(group, feats):
-            out = metrics.image_metrics(real_reference(net, data, n, space), f, net.logits(f) if classes else None, classes)
+            out = metrics.image_metrics(real_reference(net, data, n), f, net.logits(f) if classes else None, classes)
             if space == "inception":
                 out = {("fid" if name == "fd" else name): value for name, value in out.items()} | inception_score(net.logits(f))
             else:

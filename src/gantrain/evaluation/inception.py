@@ -5,9 +5,8 @@ The weights file is torch-fidelity's; gantrain never downloads it, and reads it 
 (torch-fidelity's own loader would unpickle anything). Its 2048 pool features feed FID, KID and precision /
 recall; its unbiased logits the Inception Score.
 """
+import hashlib
 import io
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from gantrain.errors import UserError
 from gantrain.evaluation.metrics import entry
+from gantrain.outputs.checkpoint import load_safely
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
@@ -29,13 +29,7 @@ def default_weights() -> Path:
 def read_weights(path: Path) -> dict:
     """The file's tensors, loaded with weights_only=True; anything else is a one-line UserError."""
     fix = f"pass eval.inception_weights=PATH to torch-fidelity's {WEIGHTS_NAME}"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path} was refused: it holds objects other than tensors, which gantrain never unpickles; "
-                        f"{fix}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a readable weights file (truncated or corrupt: {type(e).__name__}); {fix}") from None
+    state = load_safely(path, "weights file", refused=fix, corrupt=fix)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state dict of tensors; {fix}")
     return state
@@ -46,9 +40,10 @@ class InceptionFeatures(nn.Module):
     Inception Score uses. Images are rounded to 8 bits as a PNG of them would be, grey ones repeated to RGB,
     and resized to 299x299 inside (torch-fidelity's TensorFlow-exact bilinear resize)."""
 
-    def __init__(self, extractor: nn.Module):
+    def __init__(self, extractor: nn.Module, weights_hash: str):
         super().__init__()
         self.extractor = extractor
+        self.weights_hash = weights_hash  # which weights: cached real features are only reused with the same
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -75,6 +70,7 @@ def load_inception(weights: str | None, device: torch.device) -> InceptionFeatur
     state = read_weights(path)
     buffer = io.BytesIO()  # tensors only, re-serialised: torch-fidelity's loader then sees nothing but them
     torch.save(state, buffer)
+    weights_hash = hashlib.sha256(buffer.getbuffer()).hexdigest()[:16]
     buffer.seek(0)
     try:
         extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer)
@@ -83,7 +79,7 @@ def load_inception(weights: str | None, device: torch.device) -> InceptionFeatur
                        or "size mismatch" in line), str(e).splitlines()[0])
         raise UserError(f"{path} is not the FID Inception network ({detail[:120]}); "
                         f"pass eval.inception_weights=PATH to torch-fidelity's {WEIGHTS_NAME}") from None
-    return InceptionFeatures(extractor).to(device).eval()
+    return InceptionFeatures(extractor, weights_hash).to(device).eval()
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> dict:

@@ -48,6 +48,20 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_save(path, {"format": FORMAT, "version": VERSION, **state})
 
 
+def load_safely(path: Path, kind: str, refused: str, corrupt: str):
+    """torch.load with weights_only=True: tensors and plain values only. A file with anything else (code), or
+    one that is truncated or corrupt, is a one-line UserError ending with what to do instead."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global that is not a tensor or plain value, so no code ever runs
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it references {found.group(1)}" if found else "it holds objects other than tensors and plain values"
+        raise UserError(f"{path} was refused: {what}, which gantrain never unpickles; {refused}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a readable {kind} (truncated or corrupt: {type(e).__name__}); {corrupt}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load and validate a gantrain checkpoint; any problem is a one-line UserError. Never unpickles code."""
     path = Path(path).expanduser()
@@ -60,17 +74,8 @@ def load_checkpoint(path: str | Path) -> dict:
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # a torch zip archive, or a legacy pickle
         raise UserError(f"{path} is not a checkpoint (neither a torch archive nor a pickle); "
                         f"pass a checkpoints/last.pt written by gantrain train")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses any global that is not a tensor or plain value, so no code ever runs
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it references {found.group(1)}" if found else "it holds objects other than tensors and plain values"
-        raise UserError(f"{path} was refused: {what}, which gantrain never unpickles; "
-                        f"only load checkpoints written by gantrain train") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__}); "
-                        f"use another checkpoint, e.g. the run's checkpoints/last.pt") from None
+    ckpt = load_safely(path, "checkpoint", refused="only load checkpoints written by gantrain train",
+                       corrupt="use another checkpoint, e.g. the run's checkpoints/last.pt")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is a torch file but not a gantrain checkpoint (no '{FORMAT}' marker); "
                         f"pass a checkpoint written by gantrain train")

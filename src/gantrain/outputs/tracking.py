@@ -5,6 +5,7 @@ is switched off; training and the others go on, and metrics.csv and metrics.json
 """
 import logging
 import os
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -82,8 +83,10 @@ class MLflow(Tracker):
     share an experiment named after the sweep dir."""
 
     def __init__(self, run: Run, settings: dict):
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag
         from mlflow.tracking import MlflowClient
+
+        self.Metric = Metric
 
         self.client, self.run_dir = MlflowClient(settings.get("tracking_uri")), run.run_dir
         # MLflow logs its store's set-up (creating tables) at INFO on the console: not gantrain's business
@@ -100,12 +103,8 @@ class MLflow(Tracker):
                                                  for o in run.overrides])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        self.client.log_batch(self.run_id, metrics=[self.Metric(k, float(v), now, step) for k, v in values.items()])
 
     def image(self, tag: str, png: Path, step: int) -> None:
         self.client.log_artifact(self.run_id, str(png), tag)
@@ -149,8 +148,8 @@ class WandB(Tracker):
         self.run.finish(exit_code=1 if failed else 0)
 
 
-TRACKERS = {"csv": (Tracker, None), "tensorboard": (TensorBoard, "tensorboard"),
-            "mlflow": (MLflow, "mlflow"), "wandb": (WandB, "wandb")}  # name: class, the package it needs
+TRACKERS = {"csv": (Tracker, None, None), "tensorboard": (TensorBoard, "tensorboard", "sweep"),  # name: class,
+            "mlflow": (MLflow, "mlflow", "trackers"), "wandb": (WandB, "wandb", "trackers")}  # its package, extra
 
 
 def logger_names(logger) -> list[str]:
@@ -171,13 +170,12 @@ class Trackers:
         self.live: dict[str, Tracker] = {}
         run = Run(cfg, run_dir, overrides)
         for name in logger_names(cfg.logger):
-            kind, package = TRACKERS[name]
+            kind, package, extra = TRACKERS[name]
             node = None if "name" in cfg.logger else cfg.logger[name]
             settings = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else {}
             try:
                 self.live[name] = kind(run, settings)
             except ImportError:
-                extra = "sweep" if name == "tensorboard" else "trackers"
                 raise UserError(f"logger={name} needs the {package} package: pip install 'gantrain[{extra}]'") from None
             except Exception as e:  # noqa: BLE001  (a store that cannot be reached: warn, train on)
                 self.failed(name, e)
