@@ -183,6 +183,24 @@ def only_run_dir(root: Path, command: str = "train") -> Path:
     return dirs[0]
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, read_only: bool = False):
+    """A real small file system at `path` (a tmpfs, which root can mount): a real full disk, or a real read-only
+    folder. Skips, saying why, where it cannot be mounted (the mocked faults cover those machines)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def remount_read_only(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True, capture_output=True)
+
+
 class Evil:
     """A pickle payload: unpickling it runs a shell command that creates a marker file."""
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
     "prepare": "decode a folder of images once, for every later run (data.root=DIR data.image_size=64)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
+    "cache": "what gantrain keeps in its cache (prepared data, feature networks); clear or prune it",
     "sweep": "the same as train -m: a sweep whose jobs train together as stacks of members",
     "list": "list every model, loss, optimizer, data set and experiment preset",
 }
@@ -114,6 +115,8 @@ def plain_command(cmd: str, argv: list[str]) -> int:
     """Commands without a Hydra config (argparse or no options); a UserError is one line, exit 1."""
     if cmd == "list":
         from gantrain.commands.listing import list_command as run
+    elif cmd == "cache":
+        from gantrain.commands.cache import cache_command as run
     else:
         from gantrain.commands.report import report_command as run
     try:
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     elif argv[0] not in COMMANDS:
         print(f"gantrain: unknown command '{argv[0]}'\n{USAGE}", file=sys.stderr)
         return 2
-    elif argv[0] in ("list", "report"):  # no Hydra config
+    elif argv[0] in ("list", "report", "cache"):  # no Hydra config
         return plain_command(argv[0], argv[1:])
     elif argv[0] == "sweep":  # an alias: the default launcher of train -m trains jobs as stacks
         cmd, rest = "train", ["-m", *argv[1:]]

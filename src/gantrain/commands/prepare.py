@@ -3,7 +3,7 @@
 import logging
 
 from gantrain.cache import cache_dir
-from gantrain.data.prepared import prepare_folder
+from gantrain.data.prepared import image_size, prepare_folder
 from gantrain.errors import UserError
 from gantrain.processes import console_logging
 
@@ -19,7 +19,8 @@ def prepare_command(cfg) -> None:
         raise UserError(f"workers must be an integer >= 0 (0 = one per core), got {cfg.workers!r}")
     images, _, classes = prepare_folder(cfg.data.root, cfg.data.image_size, cfg.data.channels, cfg.data.labels,
                                         workers=cfg.workers or None)
-    log.info(f"prepared: {len(images)} images of {cfg.data.image_size}x{cfg.data.image_size}x{cfg.data.channels}, "
+    height, width = image_size(cfg.data.image_size)
+    log.info(f"prepared: {len(images)} images of {height}x{width}x{cfg.data.channels}, "
              f"{images.nbytes / 2**20:.0f} MiB as uint8, "
              + (f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})" if classes else "no labels")
              + f", under {cache_dir() / 'prepared'}; gantrain train data=folder data.root={cfg.data.root} reads it back")

@@ -11,10 +11,9 @@ from gantrain.components.data import MIXTURES
 from gantrain.data.tensors import TensorData
 from gantrain.errors import UserError
 from gantrain.evaluation import metrics
-from gantrain.cache import cache_dir
-from gantrain.evaluation.features import content_hash, feature_net, split
+from gantrain import cache
+from gantrain.evaluation.features import content_hash, feature_net, keep, split
 from gantrain.evaluation.inception import inception_score, load_inception
-from gantrain.outputs.checkpoint import atomic_save
 
 log = logging.getLogger("gantrain")
 PROTOCOL_POINTS = 2500  # the PacGAN / VEEGAN tables count modes on 2,500 samples
@@ -76,14 +75,15 @@ def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
     if key in _references:
         return _references[key]
     name = f"{key[0]}-n{n}" if weights is None else f"{key[0]}-inception-{weights}-n{n}"
-    path = cache_dir() / "references" / f"{name}-v{REFERENCE_VERSION}.pt"
+    path = cache.cache_dir() / "references" / f"{name}-v{REFERENCE_VERSION}.pt"
     try:
         saved = torch.load(path, map_location=data.device, weights_only=True)
         reference = metrics.RealReference(saved["feats"], saved["radii"], saved["k"])
+        cache.touch(path)
     except Exception:  # not there yet, or unreadable: a cache entry is only ever recomputed
         idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].to(data.device)
         reference = metrics.real_reference(features(net, data.floats(idx)))
-        atomic_save(path, {"feats": reference.feats.cpu(), "radii": reference.radii.cpu(), "k": reference.k})
+        keep("references", path, {"feats": reference.feats.cpu(), "radii": reference.radii.cpu(), "k": reference.k})
     _references[key] = reference
     return reference
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gantrain.cache import cache_dir
+from gantrain import cache
 from gantrain.outputs.checkpoint import atomic_save
 from gantrain.data.tensors import TensorData
 from gantrain.evaluation.contrastive import ContrastiveNet, train_contrastive
@@ -39,6 +39,17 @@ class FeatureNet(EncoderNet):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self(x))
+
+
+def keep(kind: str, path, obj) -> None:
+    """Save what was computed in the cache for later runs; a cache that is read-only or full costs only that
+    (one warning line), never the run."""
+    if cache.writable(kind):
+        try:
+            atomic_save(path, obj)
+        except OSError as e:
+            log.warning(f"cache: could not keep {path.name} in {path.parent} ({e.strerror or e}); it is used "
+                        f"now and computed again next time")
 
 
 def content_hash(data: TensorData) -> str:
@@ -105,12 +116,13 @@ def feature_net(data: TensorData, device: torch.device) -> tuple[nn.Module, floa
 def load_or_train(data: TensorData, device: torch.device) -> tuple[nn.Module, float, str]:
     labelled = data.y is not None
     name = f"{content_hash(data)}-v{VERSION}.pt" if labelled else f"{content_hash(data)}-contrastive-v{CONTRASTIVE_VERSION}.pt"
-    path, what = cache_dir() / "features" / name, "held-out accuracy" if labelled else "held-out view matching"
+    path, what = cache.cache_dir() / "features" / name, "held-out accuracy" if labelled else "held-out view matching"
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         net = FeatureNet(data.x.shape[1], saved["num_classes"]) if labelled else ContrastiveNet(data.x.shape[1])
         net.load_state_dict(saved["state"])
         log.info(f"feature network: cached {path.name}, {what} {saved['score']:.4f}")
+        cache.touch(path)
         return net.to(device).eval().requires_grad_(False), saved["score"], what
     except Exception:  # not there yet, or unreadable: a cache entry is only ever recomputed
         pass
@@ -123,8 +135,8 @@ def load_or_train(data: TensorData, device: torch.device) -> tuple[nn.Module, fl
                  f"self-supervision (once; cached in {path.parent})")
         train_idx, held_idx = (i.to(device) for i in split(len(data)))
         net, score = train_contrastive(data.floats(train_idx).to(device), data.floats(held_idx).to(device))
-    atomic_save(path, {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "score": score,
-                       "num_classes": net.head.out_features if labelled else 0})
+    keep("features", path, {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "score": score,
+                            "num_classes": net.head.out_features if labelled else 0})
     log.info(f"feature network: {what} {score:.4f} on {len(split(len(data))[1])} examples, trained in "
              f"{time.perf_counter() - start:.0f} s")
     return net.requires_grad_(False), score, what
