@@ -110,7 +110,7 @@ TRAIN_CASES = {
     "lazy R1 every 0 steps": (["loss.r1_every=0"], "loss.r1_every must be an integer >= 1"),
     "augmenting points": (["data=ring8", "augment=diffaugment"], "augment=diffaugment transforms images, and data=ring8"),
     "unknown augmentation op": (["augment=diffaugment", "augment.policy=[color,flip]"], "augment.policy: unknown op 'flip'"),
-    "resnet on points": (["data=ring8", "model=resnet"], "model=resnet takes square images"),
+    "resnet on points": (["data=ring8", "model=resnet"], "model=resnet takes images (C, H, W), and this data set holds points of shape (2,); use model=mlp"),
     "device unknown": (["device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
     "zero epochs": (["epochs=0"], "epochs must be an integer >= 1, got 0"),
     "zero batch": (["batch_size=0"], "batch_size must be an integer >= 1"),

@@ -133,6 +133,8 @@ CASES = {
     # 64 px photos through the paper's DCGAN (4x4 doubling to 64x64), 4 base channels
     "dcgan64-photos": (["data=folder", "data.image_size=64", "model=dcgan", "hidden_size=16"],
                        ["seed=1", "optim.lr=1e-4"]),
+    # photos that are not square: the paper's DCGAN from a 3x4 map (48x64)
+    "dcgan-48x64-photos": (["data=folder", "data.image_size=[48,64]", "model=dcgan", "hidden_size=16"], ["seed=1"]),
 }
 
 

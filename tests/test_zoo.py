@@ -55,7 +55,8 @@ def test_every_loss_trains_on_2d_points_with_a_scatter_plot(cfg, tmp_path, loss)
     assert Image.open(tmp_path / "samples" / "epoch_0001.png").size == (500, 500)  # the scatter plot
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 32, 32), (3, 28, 28), (3, 48, 48), (3, 64, 64), (3, 128, 128)])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 32, 32), (3, 28, 28), (3, 48, 48), (3, 64, 64), (3, 128, 128),
+                                   (3, 64, 48), (3, 48, 64), (3, 64, 128), (1, 28, 20)])
 @pytest.mark.parametrize("spectral_norm", [False, True])
 def test_dcgan_sizes_itself_from_the_image_shape(shape, spectral_norm):
     G, D = lookup("model", "dcgan")(data_shape=shape, latent_size=8, hidden_size=32, spectral_norm=spectral_norm)
@@ -83,7 +84,8 @@ def test_spectral_norm_divides_by_the_largest_singular_value(layer):
     assert sn.weight.grad is not None and not sn.u.requires_grad
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 48, 48), (3, 64, 64), (3, 128, 128)])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 48, 48), (3, 64, 64), (3, 128, 128), (3, 64, 128),
+                                   (3, 128, 64), (3, 32, 48), (1, 16, 32)])
 @pytest.mark.parametrize("classes", [0, 10])
 def test_resnet_sizes_itself_from_the_image_shape(shape, classes):
     from gantrain.components.layers import SpectralNorm
@@ -97,15 +99,37 @@ def test_resnet_sizes_itself_from_the_image_shape(shape, classes):
         isinstance(m, nn.BatchNorm2d) for m in D.modules())
 
 
-def test_dcgan_refuses_shapes_it_cannot_build():
-    with pytest.raises(UserError, match=r"divisible by 4 \(28, 32, 48, 64, 128.*got shape \(1, 30, 30\)"):
+def test_dcgan_refuses_shapes_it_cannot_build_naming_the_nearest_it_takes():
+    with pytest.raises(UserError, match=r"divisible by 4 .*got 30x30; nearest it takes: 28x28, 28x32, 32x28 "
+                                        r"\(data.image_size=\[H,W\]\), or use model=mlp"):
         lookup("model", "dcgan")(data_shape=(1, 30, 30), latent_size=8, hidden_size=32)
+    with pytest.raises(UserError, match=r"got 218x178; nearest it takes: 216x176, 216x180, 220x176"):
+        lookup("model", "dcgan")(data_shape=(3, 218, 178), latent_size=8, hidden_size=32)
 
 
-@pytest.mark.parametrize("shape", [(3, 30, 30), (3, 96, 96), (3, 64, 48), (3, 4, 4), (2,)])
-def test_resnet_refuses_sides_it_has_no_layout_for(shape):
-    with pytest.raises(UserError, match=r"28 or 32 .*48 .*64 or 128 .*got shape"):
+@pytest.mark.parametrize("shape, nearest", [((3, 30, 30), "28x28, 32x32, 24x28"), ((3, 96, 96), "96x128, 128x96, 64x64"),
+                                            ((3, 64, 48), "48x48, 64x32, 64x64"), ((3, 4, 4), "4x12, 8x8, 12x4")])
+def test_resnet_refuses_shapes_it_has_no_layout_for_naming_the_nearest_it_takes(shape, nearest):
+    with pytest.raises(UserError, match=rf"28 or 32 .*48 .*64 or 128 .*got .*; nearest it takes: {nearest} "):
         lookup("model", "resnet")(data_shape=shape, latent_size=8, hidden_size=32)
+
+
+@pytest.mark.parametrize("model", ["dcgan", "resnet"])
+def test_image_networks_refuse_points(model):
+    with pytest.raises(UserError, match=rf"model={model} takes images \(C, H, W\), and this data set holds points of "
+                                        r"shape \(2,\); use model=mlp"):
+        lookup("model", model)(data_shape=(2,), latent_size=8, hidden_size=32)
+
+
+def test_dcgan_at_a_rectangle_starts_from_a_map_of_its_aspect():
+    """64x48: G's first map is 4x3 (the paper's 4x4, shaped like the image), doubled four times; D's last conv
+    judges a 4x3 map with a 4x3 kernel. Square sides keep the paper's 4x4 (the 64-px counts below)."""
+    G, D = lookup("model", "dcgan")(data_shape=(3, 64, 48), latent_size=100, hidden_size=256)
+    convs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert convs[0].kernel_size == (4, 3) and [m.out_channels for m in convs] == [512, 256, 128, 64, 3]
+    assert [m for m in D.modules() if isinstance(m, nn.Conv2d)][-1].kernel_size == (4, 3)
+    G, _ = lookup("model", "dcgan")(data_shape=(3, 64, 128), latent_size=8, hidden_size=32)
+    assert next(m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)).kernel_size == (2, 4)
 
 
 def n_params(net: nn.Module) -> int:

@@ -1,11 +1,13 @@
 """DCGAN (Radford et al. 2016), laid out for the image's size.
 
-At square power-of-two sides from 32 it is the paper's network as pytorch/examples' dcgan builds it: G turns
-z into a 4x4 map with one transposed conv and doubles it per layer while the channels halve down to
-`channels` (64 px, 64 channels: 512-256-128-64, then the image); D mirrors it with stride-2 convs and judges
-the last 4x4 map with one 4x4 conv. At the other sides divisible by 4 (28 px digits) it is gantrain's small
-DCGAN: a Linear projects z to (4c, H/4, W/4), two transposed convs double it, a 3x3 conv makes the image; D
-has two stride-2 convs and a Linear.
+Where the longer side is a power of two from 32 and the shorter one shares its doublings (64x64, 64x48,
+128x64, ...) it is the paper's network as pytorch/examples' dcgan builds it: G turns z into a map of the
+image's aspect whose longer side is 4 (4x4 for a square, 4x3 for 64x48) with one transposed conv and doubles
+it per layer while the channels halve down to `channels` (64 px, 64 channels: 512-256-128-64, then the
+image); D mirrors it with stride-2 convs and judges the last map with one conv of its shape. At the other
+shapes whose sides divide by 4 (28 px digits, 48 px) it is gantrain's small DCGAN: a Linear projects z to
+(4c, H/4, W/4), two transposed convs double it, a 3x3 conv makes the image; D has two stride-2 convs and a
+Linear.
 
 A conditional G gets a label embedding beside z; a conditional D gets the label as one extra input channel
 (a learned H x W map per class).
@@ -16,14 +18,26 @@ import torch
 from torch import nn
 
 from gantrain.components.layers import SNConv2d, SNLinear, SpectralNorm
-from gantrain.components.networks import is_image
+from gantrain.components.networks import is_image, nearest_shapes, not_images
 from gantrain.components.registry import register
 from gantrain.errors import UserError
 
 
-def paper_layout(side_h: int, side_w: int) -> bool:
-    """True where the 4x4-doubling layout applies: square, a power of two, at least 32."""
-    return side_h == side_w and side_h >= 32 and side_h & (side_h - 1) == 0
+def paper_start(height: int, width: int) -> tuple[int, int] | None:
+    """G's first map where the paper's doubling layout applies, else None: the longer side a power of two of
+    at least 32, shrunk to 4 by halving, and the shorter side halving as often to a whole number."""
+    longest = max(height, width)
+    if longest < 32 or longest & (longest - 1):
+        return None
+    doublings = longest.bit_length() - 3  # 64 -> 4: 4, 8, 16, 32, 64
+    if height % 2 ** doublings or width % 2 ** doublings:
+        return None
+    return height >> doublings, width >> doublings
+
+
+def takes(height: int, width: int) -> bool:
+    """model=dcgan takes any image whose sides divide by 4 (the paper's layout or the small one)."""
+    return height % 4 == 0 and width % 4 == 0 and min(height, width) >= 4
 
 
 def init_dcgan_(net: nn.Module) -> None:
@@ -47,15 +61,18 @@ def with_label_channel(x: torch.Tensor, embed: nn.Embedding | None, y: torch.Ten
 
 
 class DCGANGenerator(nn.Module):
-    """z (B, latent) -> (B, C, S, S): transposed conv to (c * S/8, 4, 4), then one stride-2 transposed conv per
-    doubling with BatchNorm and ReLU, halving the channels, the last one making the image (Tanh)."""
+    """z (B, latent) -> (B, C, H, W): transposed conv to (c * 2^(k-1), h0, w0), the start map (4x4 for a square),
+    then one stride-2 transposed conv per doubling with BatchNorm and ReLU, halving the channels, the k-th
+    one making the image (Tanh)."""
 
     def __init__(self, latent_size: int, channels: int, image_shape: tuple[int, int, int], num_classes: int = 0):
         super().__init__()
-        c_out, side, _ = image_shape
-        widths = [channels * 2 ** i for i in reversed(range(int(math.log2(side)) - 2))]  # 64 px: 8c, 4c, 2c, c
+        c_out, height, width = image_shape
+        start = paper_start(height, width)
+        doublings = int(math.log2(height // start[0]))
+        widths = [channels * 2 ** i for i in reversed(range(doublings))]  # 64 px: 8c, 4c, 2c, c
         self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
-        layers = [nn.ConvTranspose2d(latent_size + num_classes, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
+        layers = [nn.ConvTranspose2d(latent_size + num_classes, widths[0], start, 1, 0, bias=False),  # 1x1 -> start
                   nn.BatchNorm2d(widths[0]), nn.ReLU()]
         for w_in, w_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU()]
@@ -69,23 +86,25 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """(B, C, S, S) -> logits (B,): one stride-2 conv per halving, LeakyReLU(0.2), BatchNorm after all but the
-    first (or spectral norm on every layer), channels doubling from c; a 4x4 conv over the last 4x4 map."""
+    """(B, C, H, W) -> logits (B,): one stride-2 conv per halving, LeakyReLU(0.2), BatchNorm after all but the
+    first (or spectral norm on every layer), channels doubling from c; a conv of the last map's shape (4x4 for a
+    square) over it."""
 
     def __init__(self, channels: int, image_shape: tuple[int, int, int], num_classes: int = 0,
                  spectral_norm: bool = False):
         super().__init__()
-        c_in, side, _ = image_shape
-        widths = [channels * 2 ** i for i in range(int(math.log2(side)) - 2)]  # 64 px: c, 2c, 4c, 8c
+        c_in, height, width = image_shape
+        end = paper_start(height, width)
+        widths = [channels * 2 ** i for i in range(int(math.log2(height // end[0])))]  # 64 px: c, 2c, 4c, 8c
         conv = SNConv2d if spectral_norm else nn.Conv2d
-        self.embed = nn.Embedding(num_classes, side * side) if num_classes else None
+        self.embed = nn.Embedding(num_classes, height * width) if num_classes else None
         # no bias before BatchNorm (as in the paper): BatchNorm removes it, so its gradient is zero and Adam
         # would step it by ~lr in the direction of float noise; pytorch/examples has none on the first either
         layers = [conv(c_in + (1 if num_classes else 0), widths[0], 4, 2, 1, bias=spectral_norm), nn.LeakyReLU(0.2)]
         for w_in, w_out in zip(widths, widths[1:]):
             layers += [conv(w_in, w_out, 4, 2, 1, bias=spectral_norm),
                        nn.Identity() if spectral_norm else nn.BatchNorm2d(w_out), nn.LeakyReLU(0.2)]
-        self.net = nn.Sequential(*layers, conv(widths[-1], 1, 4, 1, 0, bias=spectral_norm))  # 4x4 -> 1x1
+        self.net = nn.Sequential(*layers, conv(widths[-1], 1, end, 1, 0, bias=spectral_norm))  # end map -> 1x1
         init_dcgan_(self)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,11 +157,15 @@ class SmallDCGANDiscriminator(nn.Module):
 @register("model", "dcgan")
 def dcgan(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0,
           spectral_norm: bool = False):
-    """DCGAN: the paper's 4x4-doubling pair at square sides 32, 64, 128, ...; a small pair at other sides divisible by 4."""
-    if not is_image(data_shape) or data_shape[1] % 4 or data_shape[2] % 4:
-        raise UserError(f"model=dcgan takes images whose height and width are divisible by 4 (28, 32, 48, 64, 128, "
-                        f"...; the paper's layout at square powers of two from 32), got shape {tuple(data_shape)}; "
-                        f"resize them (data.image_size=64) or use model=mlp")
+    """DCGAN: the paper's doubling pair at 32, 64, 128, ... (and 64x48, 128x64, ...); a small pair at other sides divisible by 4."""
+    if not is_image(data_shape):
+        raise not_images("dcgan", data_shape)
+    if not takes(*data_shape[1:]):
+        shape = "x".join(map(str, data_shape[1:]))
+        raise UserError(f"model=dcgan takes images whose height and width are divisible by 4 (the paper's layout where "
+                        f"the longer side is 32, 64, 128, ...), got {shape}; nearest it takes: "
+                        f"{nearest_shapes(data_shape, takes)} (data.image_size=[H,W]), or use model=mlp")
     channels = max(hidden_size // 4, 1)  # hidden_size=256 -> 64 base channels, as in the DCGAN paper
-    G, D = (DCGANGenerator, DCGANDiscriminator) if paper_layout(*data_shape[1:]) else (SmallDCGANGenerator, SmallDCGANDiscriminator)
+    paper = paper_start(*data_shape[1:]) is not None
+    G, D = (DCGANGenerator, DCGANDiscriminator) if paper else (SmallDCGANGenerator, SmallDCGANDiscriminator)
     return G(latent_size, channels, data_shape, num_classes), D(channels, data_shape, num_classes, spectral_norm)

@@ -13,10 +13,26 @@ from torch import nn
 
 from gantrain.components.layers import Heads, SNConv2d, SNLinear, hidden_layers
 from gantrain.components.registry import register
+from gantrain.errors import UserError
 
 
 def is_image(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3
+
+
+def not_images(model: str, shape: tuple[int, ...]) -> UserError:
+    """The line for an image network given 2D points."""
+    return UserError(f"model={model} takes images (C, H, W), and this data set holds points of shape {tuple(shape)}; "
+                     f"use model=mlp")
+
+
+def nearest_shapes(shape: tuple[int, ...], takes, count: int = 3) -> str:
+    """The `count` image sizes nearest to shape's (C, H, W) that takes(H, W) accepts, as '64x48, 64x64, ...'
+    (for a one-line refusal)."""
+    height, width = shape[1:]
+    near = lambda side: range(max(4, side - 64), side + 65)
+    found = sorted(((abs(h - height) + abs(w - width), h, w) for h in near(height) for w in near(width) if takes(h, w)))
+    return ", ".join(f"{h}x{w}" for _, h, w in found[:count]) or "none near it"
 
 
 class MLPGenerator(nn.Module):

@@ -3,6 +3,8 @@ blocks with BatchNorm, one per doubling; D downsamples through residual blocks, 
 normalised, then sums its features over space. LAYOUTS holds the paper's networks for each image side: the
 CIFAR-10 one (every block as wide, used for 28 and 32 px and any smaller side), the STL-10 one at 48 px and
 the ImageNet ones at 64 and 128 px (SNGAN's code, sngan_projection), whose channels shrink as G's image grows.
+A non-square image takes the layout of its longer side, where the shorter side halves as often (64x128:
+ImageNet 128's network from a 2x4 map).
 """
 from dataclasses import dataclass
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gantrain.components.layers import SNConv2d, SNLinear
+from gantrain.components.networks import is_image, nearest_shapes, not_images
 from gantrain.components.registry import register
 from gantrain.errors import UserError
 
@@ -18,7 +21,7 @@ from gantrain.errors import UserError
 @dataclass(frozen=True)
 class Layout:
     """One of SNGAN's networks, its widths in multiples of a base width (hidden_size / divisor)."""
-    start: int          # side of G's first feature map: 4 (7 for 28 px, 6 for STL-10's 48 px)
+    start: int          # side of G's first feature map: 4 (7 for 28 px, 6 for STL-10's 48 px); a rectangle scales it
     g: tuple            # G's widths: its first map's, then each up-block's output
     d: tuple            # D's blocks' widths
     downs: int          # D's first blocks that halve the image (the rest keep its size)
@@ -80,15 +83,29 @@ class DBlock(nn.Module):
         return pool(h) + skip
 
 
+def halvings(plan: Layout) -> int:
+    """How often each side of the image is halved in G (up-blocks) or in D (its halving blocks), at most."""
+    return max(len(plan.g) - 1, plan.downs)
+
+
+def takes(height: int, width: int) -> bool:
+    """model=resnet takes (H, W) when the longer side has a layout and both sides halve as often as it does."""
+    longest = max(height, width)
+    if longest % 4 or not (8 <= longest <= 32 or longest in LAYOUTS):
+        return False
+    step = 2 ** halvings(layout_for(longest))
+    return height % step == 0 and width % step == 0
+
+
 class ResNetGenerator(nn.Module):
-    """z (B, latent) [+ label embedding] -> (B, C, S, S): Linear to (widths[0], start, start), one up-block per
+    """z (B, latent) [+ label embedding] -> (B, C, H, W): Linear to (widths[0], *start), one up-block per
     later width, BN-ReLU-conv-Tanh."""
 
-    def __init__(self, latent_size: int, widths: list[int], start: int, c_out: int, num_classes: int = 0):
+    def __init__(self, latent_size: int, widths: list[int], start: tuple[int, int], c_out: int, num_classes: int = 0):
         super().__init__()
-        self.start = (widths[0], start, start)
+        self.start = (widths[0], *start)
         self.embed = nn.Embedding(num_classes, num_classes) if num_classes else None
-        self.project = nn.Linear(latent_size + num_classes, widths[0] * start * start)
+        self.project = nn.Linear(latent_size + num_classes, widths[0] * start[0] * start[1])
         self.blocks = nn.Sequential(*[GBlock(c_in, c_out) for c_in, c_out in zip(widths, widths[1:])])
         self.out = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(), nn.Conv2d(widths[-1], c_out, 3, 1, 1), nn.Tanh())
 
@@ -122,12 +139,17 @@ class ResNetDiscriminator(nn.Module):
 @register("model", "resnet")
 def resnet(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0):
     """SNGAN's residual G (BatchNorm) and D (spectral norm): CIFAR-10's at 28 and 32 px, STL-10's at 48, ImageNet's at 64 and 128."""
-    side = data_shape[1] if len(data_shape) == 3 and data_shape[1] == data_shape[2] else 0
-    if side % 4 or not 8 <= side <= 32 and side not in LAYOUTS:
-        raise UserError(f"model=resnet takes square images of side 28 or 32 (CIFAR-10's layout, or any side from 8 to "
-                        f"32 divisible by 4), 48 (STL-10's), 64 or 128 (ImageNet's); got shape {tuple(data_shape)}; "
-                        f"resize them (data.image_size=64) or use model=mlp")
-    plan = layout_for(side)
+    if not is_image(data_shape):
+        raise not_images("resnet", data_shape)
+    if not takes(*data_shape[1:]):
+        shape = "x".join(map(str, data_shape[1:]))
+        raise UserError(f"model=resnet takes images whose longer side is 28 or 32 (CIFAR-10's layout, or any side from 8 "
+                        f"to 32 divisible by 4), 48 (STL-10's), 64 or 128 (ImageNet's), the shorter side halving as often; "
+                        f"got {shape}; nearest it takes: {nearest_shapes(data_shape, takes)} (data.image_size=[H,W]), "
+                        f"or use model=mlp")
+    height, width = data_shape[1:]
+    plan = layout_for(max(height, width))
+    ups = len(plan.g) - 1
     base = max(hidden_size // plan.divisor, 8)  # hidden_size=256: 128 in every CIFAR block, SNGAN's ch=64 at 48+ px
-    return (ResNetGenerator(latent_size, [base * m for m in plan.g], plan.start, data_shape[0], num_classes),
+    return (ResNetGenerator(latent_size, [base * m for m in plan.g], (height >> ups, width >> ups), data_shape[0], num_classes),
             ResNetDiscriminator(data_shape[0], [base * m for m in plan.d], plan.downs, num_classes))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from gantrain.data.prepared import image_size
 from gantrain.data.tensors import TensorData
 from gantrain.components.registry import lookup
 from gantrain.config import bad_option, kwargs_of, stored_config
@@ -41,6 +42,14 @@ def build_networks(cfg, data_shape, num_classes: int = 0) -> tuple[torch.nn.Modu
                        num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise bad_option("model", cfg.model.name, e) from None
+
+
+def check_model_takes_data(cfg) -> None:
+    """A folder's image shape is known before it is prepared: a model that cannot take it is refused now, in one
+    line, not after minutes of decoding (the networks are built on the meta device: shapes only)."""
+    if cfg.data.name == "folder":
+        with torch.device("meta"):
+            build_networks(cfg, (cfg.data.channels, *image_size(cfg.data.image_size)))
 
 
 def seed_heads(G: torch.nn.Module, cfg, data: TensorData) -> None:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from gantrain.components.data import load_data
 from gantrain.data.tensors import TensorData
 from gantrain.config import check_train_config, config_for_resume, kwargs_of, pick_device, user_path
-from gantrain.engine.build import build_networks, build_stack, classes_of, set_matmul_precision
+from gantrain.engine.build import build_stack, check_model_takes_data, classes_of, set_matmul_precision
 from gantrain.engine.loop import STOP_SIGNALS, fit
 from gantrain.engine.member import Member, Where
 from gantrain.engine.plan import free_bytes, member_bytes, plan
@@ -55,6 +55,7 @@ def prepare(job: Job, multirun: bool) -> bool:
     if job.cfg.resume:
         resume_from(job, user_path(job.cfg.resume), ckpt)
     check_train_config(job.cfg)
+    check_model_takes_data(job.cfg)
     return True
 
 
