@@ -51,8 +51,8 @@ def check_train_config(cfg: DictConfig) -> None:
         raise UserError(f"eval.metric must be auto, fd or kid, got {cfg.eval.metric!r}; e.g. eval.metric=fd")
     check_features(cfg.eval.features, cfg.eval.inception_weights, "eval.", cfg.data.name in MIXTURES)
     logger_names(cfg.logger)
-    if not is_int(cfg.eval.n) or cfg.eval.n < 2:
-        raise UserError(f"eval.n must be an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")
+    if cfg.eval.n != "auto" and (not is_int(cfg.eval.n) or cfg.eval.n < 2):
+        raise UserError(f"eval.n must be auto or an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")
     if cfg.on_nan not in ("stop", "skip"):
         raise UserError(f"on_nan must be stop or skip, got {cfg.on_nan!r}; e.g. on_nan=skip")
     if cfg.trainer.precision not in ("fp32", "tf32", "bf16", "fp64"):

@@ -10,7 +10,7 @@ from gantrain.commands.tables import as_table, console, write_csv
 from gantrain.components.data import load_data
 from gantrain.config import check_features, is_int, kwargs_of, pick_device, user_path
 from gantrain.engine.build import generator_from_checkpoint
-from gantrain.errors import UserError
+from gantrain.errors import UserError, naming
 from gantrain.evaluation.evaluate import evaluate_stack, headline, write_metrics
 from gantrain.outputs.checkpoint import load_checkpoint
 
@@ -62,8 +62,8 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
     table and eval.csv)."""
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise UserError("ckpt is required: pass the checkpoint, e.g. gantrain eval ckpt=outputs/train/<date>/<time>/checkpoints/last.pt")
-    if not is_int(cfg.n) or cfg.n < 2:
-        raise UserError(f"n must be an integer >= 2, got {cfg.n!r}; e.g. n=10000")
+    if cfg.n != "auto" and (not is_int(cfg.n) or cfg.n < 2):
+        raise UserError(f"n must be auto or an integer >= 2, got {cfg.n!r}; e.g. n=10000")
     paths, device = checkpoints_of(cfg.ckpt), pick_device(cfg.device)
     out = user_path(cfg.out) if cfg.out else run_dir
     datasets = {}
@@ -89,7 +89,7 @@ def eval_command(cfg: DictConfig, run_dir: Path) -> float | None:
     first = next(iter(evaluated[0][0].values()))
     write_metrics(out / "metrics.json", {}, checkpoints=[{"checkpoint": str(p), "epoch": c["epoch"], "step": c["step"],
                                                            "metrics": r} for p, (r, c, _) in zip(paths, evaluated)])
-    with open(out / "eval.csv", "w", newline="") as f:
+    with naming(out / "eval.csv"), open(out / "eval.csv", "w", newline="") as f:
         write_csv(rows, f)
     print_table(rows, f"{len(rows)} checkpoints on {evaluated[0][2].data.name}, each against the same "
                       f"{first['n_real']} real examples and {first['n_fake']} samples from the same latents"

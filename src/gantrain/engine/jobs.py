@@ -15,7 +15,7 @@ from gantrain.engine.build import build_stack, check_model_takes_data, classes_o
 from gantrain.engine.loop import STOP_SIGNALS, fit
 from gantrain.engine.member import Member, Where
 from gantrain.engine.plan import free_bytes, member_bytes, plan
-from gantrain.engine.resume import auto_resume, carry_metrics
+from gantrain.engine.resume import auto_resume, carry_metrics, logged_up_to
 from gantrain.errors import UserError
 from gantrain.evaluation.evaluate import evaluable, feature_space
 from gantrain.outputs.checkpoint import load_checkpoint
@@ -35,6 +35,7 @@ class Job:
     name: str = ""
     own_log: bool = False  # write train.log itself, lines on the console prefixed by its name (a sweep's job)
     ckpt: dict | None = None
+    logged_up_to: dict | None = None  # the last steps the run it resumes logged (resume.logged_up_to)
 
     @property
     def resumed_at(self) -> tuple | None:
@@ -64,6 +65,7 @@ def resume_from(job: Job, path: Path, ckpt: dict | None = None) -> None:
     job.ckpt = load_checkpoint(path) if ckpt is None else ckpt
     job.cfg = config_for_resume(job.ckpt, job.cfg, job.overrides, path)
     job.cfg.resume = str(path)  # what it continues from (the checkpoint's own config says where *it* started)
+    job.logged_up_to = logged_up_to(path.parent.parent)  # before its metrics.csv is cut back to the checkpoint
 
 
 def continue_in_place(job: Job) -> bool:
@@ -168,12 +170,12 @@ def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: tor
     K = len(jobs)
     stack = build_stack([j.cfg for j in jobs], data, num_classes, device)
     members = [Member(j.cfg, j.run_dir, device, evaluable(j.cfg, data), own_log=j.own_log,
-                      prefix=f"[{j.name}] " if j.own_log else "", overrides=j.overrides) for j in jobs]
+                      prefix=f"[{j.name}] " if j.own_log else "", overrides=j.overrides, ckpt=j.ckpt,
+                      logged_up_to=j.logged_up_to) for j in jobs]
     where, orders = Where(), None
     for k, job in enumerate(jobs):
         if job.ckpt is not None:  # every member of a stack resumes from the same point (plan.py)
             stack.nets.load_member(k, job.ckpt)
-            members[k].restore(job.ckpt)
             where = Where(job.ckpt["epoch"], job.ckpt["step"], job.ckpt.get("position", 0))
             members[k].say(f"resumed from {user_path(job.cfg.resume)} at epoch {where.epoch}, step {where.step}"
                            + (f" ({where.position} steps into epoch {where.epoch + 1})" if where.position else ""))

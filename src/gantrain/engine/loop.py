@@ -94,9 +94,17 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
                 where.epoch, where.position, orders = where.epoch + 1, 0, None
                 outputs.write(where, where.epoch == cfg.epochs, writer)
                 seconds[outputs_are] += time.perf_counter() - tick
+    except SystemExit as e:  # a signal: every member saved a checkpoint and continues when resumed
+        for m in members:
+            m.finish("preempted" if e.code == 128 + signal.SIGUSR2 else "interrupted")
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint, but last.pt resumes
+        for m in members:
+            m.finish("interrupted")
+        raise
     except BaseException:
         for m in members:
-            m.tracker.finish(failed=True)
+            m.finish("failed")
         raise
     finally:
         for m in members:
@@ -185,10 +193,6 @@ class EpochOutputs:
         names = self.data.classes if self.num_classes else None
         states = {k: members[k].checkpoint_state(nets.member_state(k), where, None, self.data.shape, self.num_classes, names)
                   for k in sorted(set(keep) | set(evaluate))}
-        for k in keep:
-            path = members[k].run_dir / "checkpoints" / "last.pt"
-            writes.append(writer.submit(save_checkpoint, path, states[k]))
-            members[k].last_ckpt = f"{path} (epoch {where.epoch})"
         spaces: dict[tuple, list[int]] = {}  # members due, by the feature space they are judged in
         for k in evaluate:
             spaces.setdefault((members[k].cfg.eval.features, members[k].cfg.eval.inception_weights), []).append(k)
@@ -199,6 +203,10 @@ class EpochOutputs:
                                      [c.seed for c in cfgs], [c.eval.n for c in cfgs], features, weights)
             for k, result in zip(due, results):
                 members[k].record_eval(result, states[k], where)
+        for k in keep:  # after the evaluations: last.pt says which is the best so far, this epoch's included
+            path = members[k].run_dir / "checkpoints" / "last.pt"
+            writes.append(writer.submit(save_checkpoint, path, states[k]))
+            members[k].last_ckpt = f"{path} (epoch {where.epoch})"
         for w in writes:
             w.result()  # a failed write stops training here, as it would have unthreaded
         for k, png in pngs.items():
@@ -206,9 +214,13 @@ class EpochOutputs:
 
 
 def finish(members: list[Member], where: Where, first_step: int, seconds: dict) -> None:
-    curves.plot_curves_of([m.run_dir for m in members])
+    try:
+        curves.plot_curves_of([m.run_dir for m in members])
+    except OSError as e:  # training is done and metrics.csv holds every number: a missing picture is a warning
+        log.warning(f"could not write curves.png ({e.strerror or e}{f': {e.filename}' if e.filename else ''}); "
+                    f"metrics.csv holds the same numbers (gantrain report draws them)")
     for m in members:  # their trackers take curves.png and metrics.json with them
-        m.tracker.finish(failed=not m.alive)
+        m.finish("finished")
     steps, K = where.step - first_step, len(members)
     if K > 1:  # what a stack bought: steps/s of the whole stack, and what its files cost
         log.info(f"stack of {K} members: {steps} steps in {seconds['steps']:.1f} s ({steps / max(seconds['steps'], 1e-9):.1f} "

@@ -47,6 +47,23 @@ def adopt(previous: Path, run_dir: Path) -> None:
                 shutil.copy2(src, dst)
 
 
+def logged_up_to(run_dir: Path) -> dict[str, int]:
+    """The last step a run logged, of training rows (metrics.csv) and of evaluations (metrics.json), which
+    its trackers have too."""
+    out = {"train": 0, "eval": 0}
+    try:
+        lines = (run_dir / "metrics.csv").read_text().splitlines()
+        column = lines[0].split(",").index("step")
+        out["train"] = max([int(float(line.split(",")[column])) for line in lines[1:] if line], default=0)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        out["eval"] = int(json.loads((run_dir / "metrics.json").read_text()).get("step", 0))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return out
+
+
 def carry_metrics(previous: Path, run_dir: Path, up_to_step: int) -> None:
     """Start this job's metrics.csv with the earlier run's rows up to the checkpoint it resumes from."""
     src = previous / "metrics.csv"
@@ -76,6 +93,7 @@ def auto_resume(cfg, run_dir: Path, overrides: list[str], multirun: bool) -> tup
         carry_metrics(previous, run_dir, ckpt["step"])
         cfg.resume = str(last)
         return False, None, ckpt
-    log.info("resume=auto: no earlier checkpoint of this job; starting fresh")
+    log.info(f"resume=auto: the earlier run {previous} of this job left no checkpoint; starting fresh" if previous
+             else "resume=auto: no earlier run of this job; starting fresh")
     cfg.resume = None
     return False, None, None

@@ -3,13 +3,14 @@ once: one pass of the feature network over all their samples) and by `gantrain e
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
 
 from gantrain.components.data import MIXTURES
 from gantrain.data.tensors import TensorData
-from gantrain.errors import UserError
+from gantrain.errors import UserError, naming
 from gantrain.evaluation import metrics
 from gantrain import cache
 from gantrain.evaluation.features import content_hash, feature_net, keep, split
@@ -18,6 +19,7 @@ from gantrain.evaluation.inception import inception_score, load_inception
 log = logging.getLogger("gantrain")
 PROTOCOL_POINTS = 2500  # the PacGAN / VEEGAN tables count modes on 2,500 samples
 CHUNK = 1000  # samples generated (and featurised) per member at a time
+AUTO_N = 10_000  # eval.n=auto: samples per evaluation, or as many as the data set holds if fewer
 REFERENCE_VERSION = 3  # bump when the real subset or its features change: old cache entries are then ignored
 
 
@@ -115,11 +117,13 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
     classes = 0 if data.y is None or space != "classifier" else int(data.y.max()) + 1
     n_held = len(split(len(data))[1])
     results: list[dict] = [{} for _ in seeds]
-    if max(ns) > len(data):
-        log.info(f"eval: n={max(ns)} is more than the data set's {len(data)} examples: {len(data)} generated images "
+    asked = [n for n in ns if n != "auto"]
+    if asked and max(asked) > len(data):
+        log.info(f"eval: n={max(asked)} is more than the data set's {len(data)} examples: {len(data)} generated images "
                  f"are compared with {len(data)} real ones")
-    for n in sorted({min(n, len(data)) for n in ns}):  # members compared with as many real examples share a pass
-        group = [j for j in range(len(seeds)) if min(ns[j], len(data)) == n]
+    ns = [min(AUTO_N if n == "auto" else n, len(data)) for n in ns]
+    for n in sorted(set(ns)):  # members compared with as many real examples share a pass
+        group = [j for j in range(len(seeds)) if ns[j] == n]
         latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]
         feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
                            for x in samples_in_chunks(sample, group, latents, data.device)], dim=1)  # (M', n, F)
@@ -146,10 +150,27 @@ def headline(results: dict, metric: str = "auto") -> float | None:
     return results[name]["value"]
 
 
+def protocol(results: dict, metric: str = "auto") -> dict:
+    """How a headline number was measured, so that only numbers measured alike are compared (best.pt): which
+    metric, in which features, on how many samples (and whatever else its entry names: the weights)."""
+    if "modes" in results:
+        return {"metric": "modes", "n_fake": results["modes"]["n_fake"]}
+    name = ("fid" if "fid" in results else "fd") if metric in ("auto", "fd") else metric
+    entry = results[name]
+    return {"metric": name, **{k: entry[k] for k in ("features", "weights", "n_real", "n_fake") if k in entry}}
+
+
 def write_metrics(path: Path, results: dict, **context) -> None:
-    """metrics.json: the results (NaN and Inf as null, which JSON has) and what they are of."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """metrics.json: the results (NaN and Inf as null, which JSON has) and what they are of; written whole
+    (a temp file renamed over it), or an error naming it (a full disk)."""
     clean = lambda value: (None if isinstance(value, float) and not math.isfinite(value) else
                            {k: clean(v) for k, v in value.items()} if isinstance(value, dict) else
                            [clean(v) for v in value] if isinstance(value, list) else value)
-    path.write_text(json.dumps(clean({**context, **({"metrics": results} if results else {})}), indent=2) + "\n")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    with naming(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(clean({**context, **({"metrics": results} if results else {})}), indent=2) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
