@@ -111,8 +111,9 @@ def main() -> None:
     gpu_memory = 80 * 2**30
     print(f"\n{args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps each"
           + (f", overrides {' '.join(args.set)}" if args.set else ""))
-    print("| preset | lone steps/s | stack of K: member-steps/s (x lone) | estimate / member | measured / member | members on an 80 GB GPU (estimate) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| preset | lone steps/s | stack of K: member-steps/s (x lone) | estimate / member | measured / member | "
+          "estimate covers it | members on an 80 GB GPU (estimate) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         root = photo_folder(Path(tmp) / "photos", args.images)
         for preset in args.presets:
@@ -121,6 +122,7 @@ def main() -> None:
             rate = stack["steps_per_s"] * args.members
             print(f"| {preset} | {lone['steps_per_s']:.3g} | K={args.members}: {rate:.3g} ({rate / lone['steps_per_s']:.2f}x) "
                   f"| {lone['estimate'] / 2**20:,.0f} MiB | {measured / 2**20:,.0f} MiB "
+                  f"| {'yes' if lone['estimate'] >= measured else 'NO'} ({lone['estimate'] / max(measured, 1):.2f}x) "
                   f"| {int(0.5 * gpu_memory / lone['estimate'])} |", flush=True)
 
 

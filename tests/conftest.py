@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import gzip
+import importlib
 import io
 import logging
 import os
@@ -19,6 +20,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 N_TINY = 120  # images in the tiny IDX data set
+# under CI (.ci/run sets CI=true) what the install steps put there must be there: a test that would skip for a
+# missing package or browser fails instead, so a broken install step cannot turn the suite green by skipping
+IN_CI = os.environ.get("CI") == "true"
 # device of the tests that name one: cpu here and in CI; GANTRAIN_TEST_DEVICE=cuda reruns them on a GPU
 DEVICE = os.environ.get("GANTRAIN_TEST_DEVICE", "cpu")
 
@@ -181,6 +185,18 @@ def only_run_dir(root: Path, command: str = "train") -> Path:
     dirs = sorted((root / "outputs" / command).glob("*/*"))
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+def require(module: str, extra: str):
+    """The module, or the test skips saying which extra installs it; under CI a missing one fails."""
+    if IN_CI:
+        return importlib.import_module(module)  # ImportError: the test (or its module) fails
+    return pytest.importorskip(module, reason=f"{module} (pip install 'gantrain[{extra}]') is not installed")
+
+
+def missing(what: str) -> None:
+    """Skip, saying what is missing; under CI, fail: the install step should have put it there."""
+    (pytest.fail if IN_CI else pytest.skip)(what)
 
 
 @contextlib.contextmanager

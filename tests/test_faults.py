@@ -227,3 +227,107 @@ def test_a_full_disk_at_any_write_is_one_line_naming_the_file(mnist_root, tmp_pa
                      cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"file system error on {expected}: No space left on device" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_log_file_on_a_real_full_disk_is_one_warning_not_a_traceback_per_line(tmp_path, capfd):
+    import logging
+
+    from conftest import tmpfs
+    from gantrain.processes import log_file
+
+    with tmpfs(tmp_path / "small", "64k") as small:
+        handler = log_file(small / "train.log")
+        logger = logging.Logger("full-disk-test")
+        logger.addHandler(handler)
+        with open(small / "filler", "wb", buffering=0) as f:  # fill the disk, for real
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+        for i in range(50):
+            logger.info(f"Epoch[1/1] Step[{i}/50] d_loss 0.5 g_loss 0.7 D(x) 0.5 D(G(z)) 0.5")
+        handler.close()
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "--- Logging error ---" not in err and "Traceback" not in err
+    assert f"gantrain: warning: could not write {small / 'train.log'} (No space left on device); its lines go on" in err
+
+
+FULL = OSError(errno.ENOSPC, "No space left on device")
+
+
+def fail_writes_of(monkeypatch, name: str) -> None:
+    """A full disk for the one file `name` (or its temp file): its writes raise ENOSPC, as a write() does."""
+    from pathlib import Path
+
+    import matplotlib.figure
+
+    from gantrain.processes import LogFile
+
+    class FullStream:
+        def write(self, text):
+            raise FULL
+
+        flush = close = lambda self: None
+
+    if name in ("train.log", "sweep.log"):
+        opened = LogFile._open
+        monkeypatch.setattr(LogFile, "_open", lambda self: FullStream() if self.baseFilename.endswith(name) else opened(self))
+    elif name == "curves.png":
+        savefig = matplotlib.figure.Figure.savefig
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, path, **kw: (
+            (_ for _ in ()).throw(FULL) if str(path).endswith(name) else savefig(self, path, **kw)))
+    elif name == "best.pt":
+        real_save = checkpoint.torch.save
+
+        def save(obj, f):
+            if f".{name}." in os.readlink(f"/proc/self/fd/{f.fileno()}"):
+                raise FULL
+            real_save(obj, f)
+
+        monkeypatch.setattr(checkpoint.torch, "save", save)
+    else:  # status.json, metrics.json, report.html: written whole by Path.write_text (to a temp file)
+        write_text = Path.write_text
+        monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **kw: (
+            (_ for _ in ()).throw(FULL) if name in self.name else write_text(self, text, *a, **kw)))
+
+
+@pytest.mark.parametrize("name", ["train.log", "sweep.log", "status.json", "curves.png"])
+def test_a_full_disk_at_a_log_or_status_file_is_one_warning_and_training_goes_on(mnist_root, tmp_path, monkeypatch, name):
+    from conftest import TINY, run_cli
+
+    fail_writes_of(monkeypatch, name)
+    sweep = name == "sweep.log"
+    where = ["-m", "seed=0", "hydra.sweep.dir=run"] if sweep else ["hydra.run.dir=run"]
+    result = run_cli("train", *where, *TINY, "data=mnist", f"data.root={mnist_root}", "eval.n=40", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [l for l in (result.stdout + result.stderr).splitlines() if "could not write" in l]
+    assert len(warnings) == 1 and name in warnings[0] and "No space left on device" in warnings[0], warnings
+    assert "Traceback" not in result.stderr and "Logging error" not in result.stderr
+    job = tmp_path / "run" / ("0" if sweep else "")
+    assert (job / "checkpoints" / "last.pt").exists() and (job / "metrics.json").exists()  # the run went on to its end
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "best.pt"])
+def test_a_full_disk_at_a_result_file_stops_with_one_line_naming_it(mnist_root, tmp_path, monkeypatch, name):
+    from conftest import TINY, run_cli
+
+    fail_writes_of(monkeypatch, name)
+    result = run_cli("train", *TINY, "data=mnist", f"data.root={mnist_root}", "eval.n=40", "eval_every=1",
+                     "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    expected = tmp_path / "run" / (name if name == "metrics.json" else f"checkpoints/{name}")
+    assert f"file system error on {expected}: " in result.stderr and "no space left on" in result.stderr.lower()
+    assert result.stderr.count("\n") == 1 and not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_a_full_disk_at_a_report_file_is_one_line_naming_it(mnist_root, tmp_path, monkeypatch):
+    from conftest import TINY, run_cli
+
+    done = run_cli("train", *TINY, "data=mnist", f"data.root={mnist_root}", "eval.enabled=false", "hydra.run.dir=run",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    fail_writes_of(monkeypatch, "report.html")
+    result = run_cli("report", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"file system error on {tmp_path / 'run' / 'report.html'}: No space left on device" in result.stderr

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, write_photo_folder
+from conftest import require, run_cli, write_photo_folder
 from gantrain.errors import UserError
 from gantrain.evaluation import metrics
 from gantrain.evaluation.inception import inception_score, load_inception
 
-torch_fidelity = pytest.importorskip("torch_fidelity", reason="torch-fidelity (gantrain[inception]) is not installed")
+torch_fidelity = require("torch_fidelity", "inception")
 pytestmark = pytest.mark.xdist_group("inception")  # one worker builds the stand-in network once
 
 
@@ -124,11 +124,52 @@ def test_members_of_one_stack_are_judged_in_their_own_feature_spaces(stand_in, t
     assert read("stack0")["fid"]["value"] == pytest.approx(read("alone0")["fid"]["value"], rel=1e-3)
 
 
-def test_cached_real_features_belong_to_the_weights_they_came_from(stand_in, tmp_path):
-    """The real images' features are cached on disk by the data and by the Inception weights: another weights
-    file (say the stand-in, then the real one) never reuses them."""
+def test_cached_real_features_belong_to_the_weights_they_came_from(stand_in, tmp_path, monkeypatch):
+    """The real images' features are cached on disk by the data and by the Inception weights: the same weights
+    read them back (no Inception pass), another weights file (say the stand-in, then the real one) never
+    reuses them."""
+    from gantrain.components.data import load_data
+    from gantrain.evaluation import evaluate
+
+    monkeypatch.setenv("GANTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(evaluate, "_references", {})  # this process's: the disk cache is what is tested
     state = torch.load(stand_in, weights_only=True)
     state["fc.weight"] = state["fc.weight"] + 1
+    state["Conv2d_1a_3x3.conv.weight"] = state["Conv2d_1a_3x3.conv.weight"] * 1.5  # other features too
     torch.save(state, tmp_path / "other.pth")
     same, again, other = (load_inception(p, torch.device("cpu")) for p in (stand_in, stand_in, str(tmp_path / "other.pth")))
     assert same.weights_hash == again.weights_hash != other.weights_hash
+    data = load_data("folder", root=str(write_photo_folder(tmp_path / "photos", 6, side=16)), image_size=16)
+    first = evaluate.real_reference(same, data, 6)
+    assert len(list((tmp_path / "cache" / "references").glob("*inception*"))) == 1
+    evaluate._references.clear()
+    passes = []
+    counting = evaluate.features
+    monkeypatch.setattr(evaluate, "features", lambda net, x: passes.append(net) or counting(net, x))
+    cached = evaluate.real_reference(again, data, 6)  # read from disk: no pass of the network
+    assert passes == [] and torch.equal(cached.feats, first.feats)
+    fresh = evaluate.real_reference(other, data, 6)  # another weights file: computed, never the cached ones
+    assert passes == [other] and not torch.allclose(fresh.feats, first.feats)
+    assert len(list((tmp_path / "cache" / "references").glob("*inception*"))) == 2
+
+
+def test_kid_over_random_subsets_agrees_with_torch_fidelitys_within_their_spread():
+    """Where KID is a mean over random subsets (n > its subset size of 1,000) gantrain (torchmetrics, 50 subsets)
+    and torch-fidelity (100) draw different subsets: their means must agree within 3 standard errors of the
+    two means (each std / sqrt(subsets); overlapping subsets make that approximate), and both lie that close
+    to the unbiased KID over the whole sets."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(3000, 64, generator=gen), torch.randn(3000, 64, generator=gen) * 1.1 + 0.05
+    ours = metrics.fd_and_kid(real, fake)["kid"]
+    theirs = kid_features_to_metric(real.double(), fake.double(), kid_subsets=100, kid_subset_size=1000, verbose=False)
+    assert ours["subset_size"] == 1000
+    se_ours, se_theirs = ours["std"] / 50 ** 0.5, theirs["kernel_inception_distance_std"] / 100 ** 0.5
+    assert abs(ours["value"] - theirs["kernel_inception_distance_mean"]) <= 3 * (se_ours ** 2 + se_theirs ** 2) ** 0.5
+    kernel = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # KID's polynomial kernel
+    r, f, n = real.double(), fake.double(), len(real)
+    within = lambda k: (k.sum() - k.diag().sum()) / (n * (n - 1))
+    whole = float(within(kernel(r, r)) + within(kernel(f, f)) - 2 * kernel(r, f).mean())
+    assert whole > 10 * se_ours  # the sets differ, measurably
+    assert abs(ours["value"] - whole) <= 3 * se_ours and abs(theirs["kernel_inception_distance_mean"] - whole) <= 3 * se_theirs

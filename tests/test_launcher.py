@@ -63,6 +63,25 @@ def test_stacks_spread_over_the_gpus_the_largest_first(monkeypatch):
     assert gpus_for([job("e", device="cuda:1")]) == 0  # a device the user named: not spread
 
 
+def test_the_members_per_stack_follow_the_memory_estimate(mnist_root, tmp_path, monkeypatch, caplog):
+    """5 jobs that may share a stack, each estimated (plan.member_bytes) at 1/5 of the free memory: the launcher
+    keeps half of it free, so stacks of 2, 2 and 1; with room for all, one stack of 5."""
+    from conftest import compose_train
+    from gantrain.engine import jobs
+
+    cfgs = [compose_train(["device=cpu", "data=mnist", f"data.root={mnist_root}", f"seed={k}"]) for k in range(5)]
+    per_member = jobs.member_bytes(cfgs[0], (1, 28, 28), 0)
+    assert per_member > 4 * 256 * (784 + 256 + 64)  # at least its weights, gradients and Adam's moments (float32)
+    trained = []
+    monkeypatch.setattr(jobs, "train_stack", lambda stack, *args: trained.append(len(stack)) or [])
+    for free, expected in ((5 * per_member, [2, 2, 1]), (10 * per_member, [5])):
+        monkeypatch.setattr(jobs, "free_bytes", lambda device, free=free: free)
+        trained.clear()
+        with caplog.at_level("INFO", logger="gantrain"):
+            jobs.train_group([Job(c, tmp_path / str(k), [], str(k)) for k, c in enumerate(cfgs)])
+        assert trained == expected and f"up to {max(expected)} members per stack" in caplog.text
+
+
 def test_a_job_whose_process_died_reads_as_died(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -75,3 +75,4 @@ def test_the_package_has_no_import_cycles():
 def test_no_module_is_longer_than_a_screenful_or_two():
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
     assert not long, long
+

@@ -82,14 +82,17 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 
 
 def test_resume_auto_on_a_job_that_left_no_checkpoint_starts_afresh(tmp_path):
-    write_mnist(tmp_path / "data", n=120)
-    setup = [*TINY, "data=mnist", "eval.enabled=false", "resume=auto"]
-    failed = run_cli("train", "-m", "seed=0", *setup, "data.root=missing", "hydra.sweep.dir=first", cwd=tmp_path)
+    """The same job (the same overrides) failed before its first checkpoint (its data was not there yet):
+    resume=auto finds it, says it left no checkpoint, and trains from the start."""
+    setup = [*TINY, "data=mnist", "data.root=data", "eval.enabled=false", "resume=auto", "seed=0"]
+    failed = run_cli("train", "-m", *setup, "hydra.sweep.dir=first", cwd=tmp_path)
     assert failed.returncode == 1 and not (tmp_path / "first" / "0" / "checkpoints" / "last.pt").exists()
-    again = run_cli("train", "-m", "seed=0", *setup, "data.root=data", "hydra.sweep.dir=second", cwd=tmp_path)
+    write_mnist(tmp_path / "data", n=120)
+    again = run_cli("train", "-m", *setup, "hydra.sweep.dir=second", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    straight = run_cli("train", "seed=0", *[a for a in setup if a != "resume=auto"], "data.root=data",
-                       "hydra.run.dir=straight", cwd=tmp_path)
+    assert f"resume=auto: the earlier run {(tmp_path / 'first' / '0').resolve()} of this job left no checkpoint; " \
+           f"starting fresh" in again.stdout
+    straight = run_cli("train", *[a for a in setup if a != "resume=auto"], "hydra.run.dir=straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt") for d in ("second/0", "straight"))
     assert "resumed from" not in again.stdout and a["step"] == b["step"] == 12

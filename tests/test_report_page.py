@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, write_mnist
+from conftest import missing, run_cli, write_mnist
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -18,11 +18,11 @@ COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 160, 0)]  # one solid gr
 
 def browser(tmp_path, *args) -> subprocess.CompletedProcess:
     if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (Debian: apt-get install chromium); the page is checked without it")
+        missing("no chromium on this machine (Debian: apt-get install chromium); the page is checked without it")
     done = subprocess.run([CHROMIUM, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}", *args],
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0 and "--dump-dom" not in args:
-        pytest.skip(f"chromium could not start here: {done.stderr.strip().splitlines()[-1:]}")
+        missing(f"chromium could not start here: {done.stderr.strip().splitlines()[-1:]}")
     return done
 
 
@@ -59,9 +59,23 @@ def test_a_headless_browser_renders_every_grid(sweep, tmp_path):
         assert found > 0.9 * 240 * 240, (colour, found)
 
 
+def table_rows(page: str) -> list[list[str]]:
+    table = page.split("<tbody>")[1].split("</tbody>")[0]
+    return [re.findall(r"<td>(.*?)</td>", row) for row in table.split("</tr>") if "<td>" in row]
+
+
 def test_a_headless_browser_sorts_the_table_by_a_column(sweep, tmp_path):
-    dom = browser(tmp_path, "--dump-dom", "--virtual-time-budget=2000", (sweep / "report.html").as_uri() + "#sort=-optim.lr").stdout
-    table = dom.split("<tbody>")[1].split("</tbody>")[0]
-    rows = [re.findall(r"<td>(.*?)</td>", row) for row in table.split("</tr>") if "<td>" in row]
-    lr = [float(row[1]) for row in rows]  # columns: job, optim.lr, seed, ...
-    assert lr == sorted(lr, reverse=True) and len(set(lr)) == 2
+    """#sort=COL and #sort=-COL, in the page's own script: both directions, each an order the file's own table
+    (sorted by fd) does not already have, so only the script can have made it."""
+    as_written = table_rows((sweep / "report.html").read_text())
+    columns = {"job": 0, "optim.lr": 1, "seed": 2}
+    orders = {}
+    for sort in ("seed", "-seed", "optim.lr", "-optim.lr"):
+        dom = browser(tmp_path, "--dump-dom", "--virtual-time-budget=2000", (sweep / "report.html").as_uri() + f"#sort={sort}").stdout
+        rows = table_rows(dom)
+        values = [float(row[columns[sort.lstrip("-")]]) for row in rows]
+        assert values == sorted(values, reverse=sort.startswith("-")) and len(set(values)) == 2, (sort, values)
+        assert sorted(map(tuple, rows)) == sorted(map(tuple, as_written))  # the same rows, moved
+        orders[sort] = [row[0] for row in rows]
+    assert orders["seed"] != orders["-seed"] and orders["optim.lr"] != orders["-optim.lr"]
+    assert any(order != [row[0] for row in as_written] for order in orders.values())

@@ -212,7 +212,9 @@ def test_float32_members_are_as_close_to_their_lone_runs_as_float32_rounding_all
         train(tiny(tiny_root, *common, *(second if k else []), "trainer.precision=fp64"), tmp_path / f"exact{k}", [])
         stacked, alone, exact = (weights_and_moments(tmp_path / f"{d}{k}") for d in ("stack", "alone", "exact"))
         rounding = relative_gap(alone, exact)
-        assert rounding > 0  # float32 does round
+        # float32 does round, and only rounds: other maths on the float32 path (a lost term, another member's
+        # hyperparameter) lies O(1) from the exact run; measured here: 1.6e-6 to 0.032 on two sets of kernels
+        assert 0 < rounding < 0.2, rounding
         assert relative_gap(stacked, alone) <= 10 * rounding, (relative_gap(stacked, alone), rounding)
 
 
@@ -494,3 +496,19 @@ def test_a_step_asks_the_host_nothing_and_draws_no_random_numbers(tiny_root, mon
     stats = step(inputs)
     monkeypatch.undo()
     assert stats.shape == (k, 4) and torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.numerical
+def test_the_second_kernel_set_of_make_test_is_the_one_torch_runs():
+    """make test reruns the numerical tests under ATEN_CPU_CAPABILITY=default: torch must report that it runs its
+    unvectorised kernels then, and its vectorised ones otherwise (on a CPU with AVX2), or the rerun proves nothing."""
+    import os
+    from pathlib import Path
+
+    asked = os.environ.get("ATEN_CPU_CAPABILITY")
+    if asked:
+        assert torch.backends.cpu.get_cpu_capability() == asked.upper()
+        return
+    if " avx2" not in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""):
+        pytest.skip("this CPU has no AVX2: its native kernels are the unvectorised ones")
+    assert torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from conftest import run_cli, write_mnist
+from conftest import require, run_cli, write_mnist
 
-mlflow = pytest.importorskip("mlflow", reason="mlflow (gantrain[trackers]) is not installed")
-wandb = pytest.importorskip("wandb", reason="wandb (gantrain[trackers]) is not installed")
+mlflow = require("mlflow", "trackers")
+wandb = require("wandb", "trackers")
 from mlflow.tracking import MlflowClient  # noqa: E402
 from wandb.proto import wandb_internal_pb2  # noqa: E402
 

@@ -198,10 +198,20 @@ def test_no_torch_op_runs_beside_the_loops_thread(cfg, tmp_path):
     """Samples, checkpoints, real_images.png, tracker images and evaluation: every torch op of a run happens on
     the thread that trains. A torch op on a writer thread starts a second OpenMP team, and with more
     OpenMP threads than cores every parallel region of the step waits on a wake-up (artifacts.py)."""
+    import threading
+
     from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
+    every_thread = lambda: profile(activities=[ProfilerActivity.CPU],
+                                   experimental_config=_ExperimentalConfig(profile_all_threads=True))
+    with every_thread() as control:  # the check itself sees a torch op on another thread, on purpose
+        torch.zeros(1).add_(1)
+        other = threading.Thread(target=lambda: torch.ones(3).mul_(2))
+        other.start()
+        other.join()
+    assert len({e.thread for e in control.events()}) == 2
     cfg.logger = {"tensorboard": {}}
-    with profile(activities=[ProfilerActivity.CPU], experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
+    with every_thread() as prof:
         torch.zeros(1).add_(1)  # marks the loop's thread
         train(cfg, tmp_path, [])
     threads = {e.thread for e in prof.events()}

@@ -1,10 +1,22 @@
 """The one exception type for mistakes a user can fix, and the one line any mistake is shown as."""
 import os
 import re
+from contextlib import contextmanager
 
 
 class UserError(Exception):
     """Bad input: the message says what is wrong and how to fix it."""
+
+
+@contextmanager
+def naming(path):
+    """A file system error while writing `path` names it (a write() on a full disk says only ENOSPC)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
 
 
 def show_tracebacks() -> bool:

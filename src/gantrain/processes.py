@@ -36,8 +36,32 @@ def console_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
+class LogFile(logging.FileHandler):
+    """A log file (train.log, sweep.log) that a full disk cannot turn into a traceback per line (logging's
+    default): the first write that fails is one warning on stderr, and its lines go on to the console only.
+    Hydra's job logging writes a lone run's train.log through it too (conf/hydra/job_logging)."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+        error = sys.exc_info()[1]
+        sys.stderr.write(f"gantrain: warning: could not write {self.baseFilename} "
+                         f"({getattr(error, 'strerror', None) or error}); its lines go on to the console only\n")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # what was left to flush did not fit either: said already
+            self.broken = True
+
+
 def log_file(path) -> logging.FileHandler:
     """A handler writing timestamped lines to `path` (a stack member's train.log, a sweep's sweep.log)."""
-    handler = logging.FileHandler(path)
+    handler = LogFile(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     return handler

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gantrain.commands.report_page import write_page
 from gantrain.commands.tables import as_table, console, fmt, write_csv
-from gantrain.errors import UserError
+from gantrain.errors import UserError, naming
 from gantrain.outputs.curves import pyplot, read_metrics
 from gantrain.outputs.status import job_overrides, read_status
 
@@ -143,7 +143,8 @@ def plot(jobs: list[Job], swept: list[str], metric: str | None, path: Path) -> N
     if 0 < len(curves.get_lines()) <= 12:  # jobs without a metrics.csv (failed at once) draw no curve
         curves.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with naming(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -202,7 +203,7 @@ def report_command(argv: list[str]) -> int:
         write_csv(table_rows, sys.stdout)
     else:
         print(json.dumps({"path": str(path), "sorted_by": metric, "jobs": table_rows, "over_seeds": summary}, indent=2))
-    with open(path / "report.csv", "w", newline="") as f:
+    with naming(path / "report.csv"), open(path / "report.csv", "w", newline="") as f:
         write_csv(table_rows, f)
     plot(jobs, swept, metric, path / "report.png")
     write_page(path / "report.html", title, table_rows, [(last_grid(j), caption(j, swept, metric)) for j in jobs])

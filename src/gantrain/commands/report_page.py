@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 
 from gantrain.commands.tables import fmt
+from gantrain.errors import naming
 
 # Clicking a header sorts by it (numbers as numbers, blanks last); a second click reverses. A link to
 # report.html#sort=fd (or #sort=-fd, descending) opens the page sorted so.
@@ -54,7 +55,8 @@ def write_page(path: Path, title: str, rows: list[dict], cards: list[tuple[Path 
         "<figure>" + (f'<img src="{embedded(png)}" alt="{e(lines[0])}">' if png else "<p>(no samples)</p>")
         + "<figcaption>" + "<br>".join(e(line) for line in lines) + "</figcaption></figure>"
         for png, lines in cards)
-    path.write_text(f"""<!DOCTYPE html>
+    with naming(path):
+        path.write_text(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{STYLE}</style></head>
 <body><h2>{e(title)}</h2>
 <p>Click a column's header to sort by it (a link to this page ending in #sort=NAME opens it so sorted).

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gantrain.config import is_int, pick_device, user_path
 from gantrain.engine.build import generator_from_checkpoint
-from gantrain.errors import UserError
+from gantrain.errors import UserError, naming
 from gantrain.outputs import artifacts
 from gantrain.outputs.checkpoint import load_checkpoint
 
@@ -90,7 +90,8 @@ def sample(cfg: DictConfig, run_dir: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.format == "npz" and cfg.interpolate == 0:
-        np.savez(files[0], samples=x.numpy(), **({} if y is None else {"labels": y.numpy()}))
+        with naming(files[0]):
+            np.savez(files[0], samples=x.numpy(), **({} if y is None else {"labels": y.numpy()}))
     elif cfg.format == "png" and cfg.interpolate == 0:
         for one, path in zip(x, files):
             artifacts.save_examples(one[None], path, nrow=1)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gantrain.errors import naming
+
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1] for saving: the inverse of Normalize(0.5, 0.5), clamped."""
@@ -50,14 +52,12 @@ def write_picture(picture: np.ndarray, path: Path, real: np.ndarray | None = Non
     (a full disk) names the file."""
     from PIL import Image
 
-    try:
+    with naming(path):
         if picture.ndim == 2:
             save_scatter(picture, path, real, title=path.stem)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(picture.squeeze(2) if picture.shape[2] == 1 else picture).save(path)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def save_examples(x: torch.Tensor, path: Path, nrow: int = 8, real: torch.Tensor | None = None) -> None:

@@ -2,6 +2,7 @@
 processes that draw a stack's curves start without importing torch."""
 from pathlib import Path
 
+from gantrain.errors import naming
 from gantrain.processes import map_in_processes
 
 
@@ -42,7 +43,8 @@ def plot_curves(metrics_csv: Path, path: Path) -> None:
     if not m["step"]:
         fig.suptitle("no log rows yet: fewer steps than log_every")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with naming(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

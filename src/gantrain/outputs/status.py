@@ -25,16 +25,28 @@ HEARTBEAT = 30  # seconds between heartbeats of a running job; 4 missed ones on 
 _writing = threading.RLock()  # the heartbeat thread and the loop write the same files
 
 
+_unwritable: set[Path] = set()  # status files that could not be written: said once each
+
+
 def write_status(run_dir: Path, state: str, **extra) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """status.json, written whole. One that cannot be written (a full disk) is a warning, once, and training
+    goes on: the next change of state writes it again, and gantrain report reads a stale one as died."""
     now = time.time()
     record = {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), **extra}
     if state == "running":
         record |= {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now}
+    tmp = run_dir / f".{STATUS}.{os.getpid()}.tmp"
     with _writing:
-        tmp = run_dir / f".{STATUS}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record) + "\n")
-        os.replace(tmp, run_dir / STATUS)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(record) + "\n")
+            os.replace(tmp, run_dir / STATUS)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if run_dir not in _unwritable:
+                _unwritable.add(run_dir)
+                log.warning(f"could not write {run_dir / STATUS} ({e.strerror or e}); training goes on, and the next "
+                            f"change of state writes it again")
 
 
 def read_status(run_dir: Path) -> dict:
