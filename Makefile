@@ -11,7 +11,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,sweep,inception,trackers]'
+	$(PY) -m pip install -q -e '.[dev,sweep,inception,trackers,onnx]'
 	touch $@
 
 install: $(STAMP) ## create .venv and install gantrain (editable) with its test tools and sweep plugins

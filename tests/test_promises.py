@@ -100,7 +100,7 @@ def test_resume_auto_on_a_job_that_left_no_checkpoint_starts_afresh(tmp_path):
 
 
 def test_sample_label_draws_that_class_from_a_conditional_model(tmp_path, mnist_root):
-    from gantrain.engine.build import generator_from_checkpoint
+    from gantrain.engine.generator import generator_from_checkpoint
 
     trained = run_cli("train", *TINY, "data=mnist", f"data.root={mnist_root}", "model.conditional=true", "epochs=1",
                       "eval.enabled=false", "hydra.run.dir=run", cwd=tmp_path)

@@ -347,7 +347,7 @@ def two_blobs():
 
 
 def test_conditional_sampling_gives_the_requested_class(cfg, tmp_path, two_blobs):
-    from gantrain.engine.build import generator_from_checkpoint
+    from gantrain.engine.generator import generator_from_checkpoint
 
     with open_dict(cfg):
         cfg.data = {"name": "two_blobs"}

@@ -1,7 +1,14 @@
-"""gantrain: a command-line experiment runner for training GANs with PyTorch and Hydra."""
-from importlib.metadata import PackageNotFoundError, version
+"""gantrain: a command-line experiment runner for training GANs with PyTorch and Hydra; from Python:
+gantrain.train, gantrain.evaluate, gantrain.export, gantrain.load_generator (api.py)."""
+from gantrain.version import __version__
 
-try:
-    __version__ = version("gantrain")  # the installed package's own, never a second copy kept in step by hand
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+__all__ = ["__version__", "train", "evaluate", "export", "load_generator", "Generator", "Run", "UserError", "Interrupted"]
+
+
+def __getattr__(name: str):
+    """The Python API, imported when first used: `import gantrain` (and the command's start) stays free of torch."""
+    if name in __all__:
+        from gantrain import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'gantrain' has no attribute {name!r}")

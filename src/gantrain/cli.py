@@ -26,6 +26,7 @@ CONF = "pkg://gantrain.conf"
 COMMANDS = {
     "train": "train a GAN configured by gantrain/conf/train.yaml (overrides: key=value, -m for sweeps)",
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
+    "export": "the generator as one file plain torch or onnxruntime runs (ckpt=PATH format=torchscript|exported|onnx)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
     "prepare": "decode a folder of images once, for every later run (data.root=DIR data.image_size=64)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
@@ -54,18 +55,22 @@ def print_error(cmd: str, e: Exception) -> bool:
     return True
 
 
-def one_line_errors(task):
-    """Run a command's task; a user's mistake becomes one line on stderr and exit status 1, not a traceback,
-    and a single run refused that way leaves no run dir behind (a sweep keeps its jobs' statuses)."""
+# An error leaving a task is written to stderr by Hydra ("Error executing job with overrides: ..."), so the
+# task hands it over here instead, and invoke() raises it once Hydra has returned.
+_raised: list[Exception] = []
+
+
+def released_on_error(task):
+    """Run a command's task; a single run refused for a user's mistake leaves no run dir behind (a sweep keeps its
+    jobs' statuses). The error goes on up from invoke(): main() prints it as one line (exit 1), the Python API
+    raises it."""
     try:
         return task()
     except Exception as e:
         hc = HydraConfig.get()
-        if not print_error(hc.job.name, e):
-            raise
-        if hc.mode == RunMode.RUN:
+        if error_line(e) is not None and hc.mode == RunMode.RUN:
             release(Path(hc.runtime.output_dir), hc.job.name)
-        raise SystemExit(1) from None
+        _raised.append(e)
 
 
 # The commands' modules import torch, so each app imports its own when it runs: --help and --cfg stay fast.
@@ -75,31 +80,38 @@ def train_app(cfg: DictConfig):
 
     hc = HydraConfig.get()
     run_dir, overrides = run_dir_and_overrides()
-    return one_line_errors(lambda: train_command(cfg, run_dir, overrides, hc, hc.mode == RunMode.MULTIRUN))
+    return released_on_error(lambda: train_command(cfg, run_dir, overrides, hc, hc.mode == RunMode.MULTIRUN))
 
 
 @hydra.main(config_path=CONF, config_name="sample", version_base=None)
 def sample_app(cfg: DictConfig):
     from gantrain.commands.sample import sample
 
-    return one_line_errors(lambda: sample(cfg, run_dir_and_overrides()[0]))
+    return released_on_error(lambda: sample(cfg, run_dir_and_overrides()[0]))
 
 
 @hydra.main(config_path=CONF, config_name="eval", version_base=None)
 def eval_app(cfg: DictConfig):
     from gantrain.commands.evaluate import eval_command
 
-    return one_line_errors(lambda: eval_command(cfg, run_dir_and_overrides()[0]))
+    return released_on_error(lambda: eval_command(cfg, run_dir_and_overrides()[0]))
 
 
 @hydra.main(config_path=CONF, config_name="prepare", version_base=None)
 def prepare_app(cfg: DictConfig):
     from gantrain.commands.prepare import prepare_command
 
-    return one_line_errors(lambda: prepare_command(cfg))
+    return released_on_error(lambda: prepare_command(cfg))
 
 
-APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "prepare": prepare_app}
+@hydra.main(config_path=CONF, config_name="export", version_base=None)
+def export_app(cfg: DictConfig):
+    from gantrain.commands.export import export_command
+
+    return released_on_error(lambda: export_command(cfg, run_dir_and_overrides()[0]))
+
+
+APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "prepare": prepare_app, "export": export_app}
 
 
 def strip_command_from_comp_line() -> str | None:
@@ -151,13 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cmd, rest = argv[0], argv[1:]
 
-    # Hydra prints its own multi-line reports unless HYDRA_FULL_ERROR is set; we set it (for this command
-    # only) so errors reach us, and show a traceback only when the user asked for one. Off a terminal the
-    # sweepers' coloured log lines (optuna's colorlog) would be raw escape codes: NO_COLOR turns them off.
-    plain = {} if sys.stdout.isatty() or "NO_COLOR" in os.environ else {"NO_COLOR": "1"}
-    with environment(GANTRAIN_TRACEBACKS="1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0",
-                     HYDRA_FULL_ERROR="1", **plain):
+    with command_environment():
         return run_app(cmd, rest)
+
+
+def command_environment():
+    """The environment a command runs in (and is put back after). Hydra prints its own multi-line reports unless
+    HYDRA_FULL_ERROR is set; we set it (for this command only) so errors reach us, and show a traceback only
+    when the user asked for one. Off a terminal the sweepers' coloured log lines (optuna's colorlog) would be raw
+    escape codes: NO_COLOR turns them off."""
+    plain = {} if sys.stdout.isatty() or "NO_COLOR" in os.environ else {"NO_COLOR": "1"}
+    return environment(GANTRAIN_TRACEBACKS="1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0",
+                       HYDRA_FULL_ERROR="1", **plain)
 
 
 @contextmanager
@@ -175,11 +192,21 @@ def environment(**values: str):
                 os.environ[key] = value
 
 
-def run_app(cmd: str, rest: list[str]) -> int:
-    sys.argv = [f"gantrain {cmd}", *rest]
+def invoke(cmd: str, argv: list[str]) -> None:
+    """One command's Hydra app on argv (overrides, -m, --cfg, ...), in this process: what `gantrain CMD ...` and
+    the Python API (api.py) run. Errors are raised."""
+    sys.argv = [f"gantrain {cmd}", *argv]
     register_launcher()  # hydra/launcher=stacked, whatever the install (stacked_launcher.py)
+    _raised.clear()
+    APPS[cmd]()
+    if _raised:
+        raise _raised.pop()
+
+
+def run_app(cmd: str, rest: list[str]) -> int:
+    """The command, its errors as one line and an exit status."""
     try:
-        APPS[cmd]()
+        invoke(cmd, rest)
     except Refused as e:  # the run dir holds another run (outputs/rundirs.py): nothing was written
         print_error(cmd, UserError(str(e)))
         return 1

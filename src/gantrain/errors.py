@@ -5,7 +5,12 @@ from contextlib import contextmanager
 
 
 class UserError(Exception):
-    """Bad input: the message says what is wrong and how to fix it."""
+    """Bad input: the message says what is wrong and how to fix it (the one line the commands print)."""
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal (Ctrl-C, SIGTERM) when run from Python (gantrain.train): it saved a
+    checkpoint to resume from, as the command does before exiting with 128 + the signal."""
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from gantrain.commands.tables import as_table, console, write_csv
 from gantrain.components.data import load_data
 from gantrain.config import check_features, is_int, kwargs_of, pick_device, user_path
-from gantrain.engine.build import generator_from_checkpoint
+from gantrain.engine.generator import generator_from_checkpoint
 from gantrain.errors import UserError, naming
 from gantrain.evaluation.evaluate import evaluate_stack, headline, write_metrics
 from gantrain.outputs.checkpoint import load_checkpoint

@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gantrain.config import is_int, pick_device, user_path
-from gantrain.engine.build import generator_from_checkpoint
+from gantrain.engine.generator import generator_from_checkpoint
 from gantrain.errors import UserError, naming
 from gantrain.outputs import artifacts
 from gantrain.outputs.checkpoint import load_checkpoint
@@ -77,16 +77,13 @@ def sample(cfg: DictConfig, run_dir: Path) -> None:
     if existing and not cfg.overwrite:
         raise UserError(f"{existing[0]} already exists; pass overwrite=true or another out=DIR")
 
-    gen = torch.Generator().manual_seed(cfg.seed)  # drawn on the CPU: same seed, same samples on any device
-    if cfg.interpolate > 0:
-        ends = torch.randn(2, cfg.interpolate, latent_size, generator=gen)
+    if cfg.interpolate > 0:  # drawn on the CPU: same seed, same samples on any device
+        ends = G.latents(2 * cfg.interpolate, cfg.seed).view(2, cfg.interpolate, latent_size)
         z = slerp(ends[0], ends[1], torch.linspace(0, 1, cfg.nrow)).reshape(-1, latent_size)
     else:
-        z = torch.randn(cfg.n, latent_size, generator=gen)
+        z = G.latents(cfg.n, cfg.seed)
     y = labels_for(ckpt, cfg, len(z))
-    with torch.no_grad():  # in chunks: n may be large
-        x = torch.cat([G(chunk.to(device), None if y is None else y[j:j + 1024].to(device)).float().cpu()
-                       for j, chunk in zip(range(0, len(z), 1024), z.split(1024))])  # (n, C, H, W) or (n, 2)
+    x = G.generate(z, y)  # (n, C, H, W) or (n, 2), on the CPU
 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.format == "npz" and cfg.interpolate == 0:

@@ -4,19 +4,17 @@ the optimizers and the step. One member gets plain modules (plain.py), several g
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 
 from gantrain.data.prepared import image_size
 from gantrain.data.tensors import TensorData
 from gantrain.components.registry import lookup
-from gantrain.config import bad_option, kwargs_of, stored_config
+from gantrain.config import bad_option, kwargs_of
 from gantrain.engine.cuda_graph import graphed
 from gantrain.engine.inputs import step_inputs
 from gantrain.engine.plain import PlainMembers
 from gantrain.engine.stacked import StackedMembers
 from gantrain.engine.step import make_step
 from gantrain.errors import UserError
-from gantrain.outputs.checkpoint import load_weights
 
 
 def param_dtype(precision: str) -> torch.dtype:
@@ -134,14 +132,3 @@ def build_stack(configs: list, data: TensorData, num_classes: int, device: torch
     shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=num_classes,
                   dtype=param_dtype(cfg.trainer.precision))
     return Stack(members, loss, augment, graphed(step) if graph else step, shapes)
-
-
-def generator_from_checkpoint(ckpt: dict, path, use_ema, device: torch.device) -> tuple[torch.nn.Module, DictConfig]:
-    """G rebuilt from a checkpoint's own config, with its (EMA) weights, in eval mode; also that config."""
-    saved = stored_config(ckpt, path)
-    G, _ = build_networks(saved, tuple(ckpt["data_shape"]), ckpt.get("num_classes", 0))
-    has_ema = ckpt.get("G_ema") is not None
-    if use_ema is True and not has_ema:
-        raise UserError("ema=true but this checkpoint has no EMA weights (trained with ema_decay off); use ema=auto")
-    load_weights(G, ckpt["G_ema"] if has_ema and use_ema in ("auto", True) else ckpt["G"], ckpt["version"])
-    return G.to(device).eval(), saved
