@@ -102,7 +102,7 @@ def base_cfg(mnist_root):
         return compose("train", overrides=[*TINY, "data=mnist", f"data.root={mnist_root}"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # per module: some modules write beside it
 def one_epoch_ckpt(base_cfg, tmp_path_factory) -> Path:
     """checkpoints/last.pt of a tiny one-epoch run (in-process), shared by a test module."""
     from gantrain.engine.jobs import train

@@ -9,7 +9,7 @@ from conftest import N_TINY, only_run_dir, run_cli
 TINY = ["device=cpu", "batch_size=20", "latent_size=8", "hidden_size=32", "trainer.threads=1"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def tiny_run(tmp_path_factory, mnist_root):
     """One CLI run of 2 tiny epochs (6 steps each), logging every 4 steps."""
     cwd = tmp_path_factory.mktemp("cli")

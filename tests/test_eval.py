@@ -15,7 +15,7 @@ from gantrain.outputs.checkpoint import load_checkpoint
 from gantrain.engine.jobs import train
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def mnist_features():
     data = load_data("mnist_sample")
     net, accuracy, _ = features.feature_net(data, torch.device("cpu"))
@@ -137,7 +137,7 @@ def test_eval_command_prints_a_table_and_writes_metrics_json(tmp_path, base_cfg)
     assert "eval: n=500 is more than the data set's 120 examples: 120 generated images are compared with 120 real ones" in more.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def photos(tmp_path_factory):
     """300 real colour photographs in a folder, loaded as data=folder does at 32x32, and their contrastive
     feature network as gantrain trains it, into this session's cache."""

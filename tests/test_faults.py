@@ -25,12 +25,12 @@ SLOW = ["device=cpu", "batch_size=10", "latent_size=32", "hidden_size=256", "tra
         "epochs=3"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def slow_root(tmp_path_factory):
     return write_mnist(tmp_path_factory.mktemp("slow"), n=2400)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def straight(slow_root, tmp_path_factory):
     """The weights of an uninterrupted run, through the same CLI."""
     cwd = tmp_path_factory.mktemp("straight")

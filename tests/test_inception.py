@@ -18,7 +18,7 @@ torch_fidelity = require("torch_fidelity", "inception")
 pytestmark = pytest.mark.xdist_group("inception")  # one worker builds the stand-in network once
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def stand_in(tmp_path_factory) -> str:
     """torch-fidelity's InceptionV3 with random weights, scaled so features neither vanish nor explode."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3

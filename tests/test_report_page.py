@@ -26,7 +26,7 @@ def browser(tmp_path, *args) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("report_page")
     write_mnist(cwd / "data", n=100)

@@ -23,7 +23,7 @@ def scripted(monkeypatch):
     the real metrics cannot be steered into 'better, then worse'."""
     scores: list[list] = []  # "stop": the run is stopped there, as by SIGTERM, before that epoch's checkpoint
 
-    def evaluate_stack(sample, data, data_name, latent_size, num_classes, seeds, ns, features, weights):
+    def evaluate_stack(sample, data, data_name, latent_size, num_classes, seeds, ns, features, weights, ranks=None):
         values = [scores[j].pop(0) for j in range(len(ns))]
         if "stop" in values:
             raise SystemExit(128 + signal.SIGTERM)

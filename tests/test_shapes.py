@@ -12,7 +12,7 @@ from gantrain.outputs.checkpoint import load_checkpoint
 TINY = ["epochs=1", "batch_size=8", "latent_size=8", "hidden_size=8", "device=cpu", "trainer.threads=1", "log_every=2"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test worker, however its tests interleave with others
 def portraits(tmp_path_factory):
     """40 portraits of CelebA's 178x218, made from the photographs installed packages ship, as JPEGs."""
     from conftest import write_photo_folder

@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd, rest = argv[0], argv[1:]
 
     with command_environment():
+        if cmd == "train":
+            from gantrain.commands.train import launched_as_ranks, run_as_rank
+
+            if launched_as_ranks():  # torchrun started this process as one of several ranks
+                return run_as_rank(rest, run_app)
         return run_app(cmd, rest)
 
 

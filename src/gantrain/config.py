@@ -39,6 +39,21 @@ def check_features(features, weights, prefix: str, points: bool) -> None:
         raise UserError(f"{prefix}features=inception judges images, and this data set holds 2D points; drop it")
 
 
+def devices_of(cfg, multirun: bool = False) -> int:
+    """trainer.devices as a number of ranks: N, or auto (every visible GPU; 1 without one). A sweep trains its
+    jobs as stacks, each on one device: it takes none."""
+    devices = cfg.trainer.get("devices", 1)
+    if devices == "auto":
+        devices = max(1, torch.cuda.device_count()) if str(cfg.device) in ("auto", "cuda") else 1
+    elif not is_int(devices) or devices < 1:
+        raise UserError(f"trainer.devices must be an integer >= 1 or auto, got {devices!r}; e.g. trainer.devices=2")
+    if multirun and devices != 1:
+        raise UserError(f"trainer.devices={cfg.trainer.devices} spreads one run over several devices, and a sweep "
+                        f"trains its jobs as stacks, each on one device (several GPUs: one stack each); drop "
+                        f"trainer.devices for the sweep, or run its jobs one at a time")
+    return devices
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Types and ranges of the top-level training keys: one UserError naming the key and a valid example."""
     for key in POSITIVE_INTS + NON_NEGATIVE_INTS:

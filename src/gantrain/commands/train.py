@@ -1,22 +1,47 @@
 """gantrain train: one job, or one job of a multirun that a Hydra launcher runs (basic, joblib, submitit).
-Either way it trains as a stack of one member through the one loop (engine/)."""
+Either way it trains as a stack of one member through the one loop (engine/).
+
+One run on several devices (torch.distributed): started by torchrun (or srun), every process is a rank, and
+only rank 0 runs Hydra: it composes the config, claims the run dir and shares the prepared job with the others
+(join_ranks, engine/jobs.follow). `trainer.devices=N` starts the N ranks itself: this process composes and
+prepares the job, spawns N processes with torch.multiprocessing that meet through torch's env:// rendezvous on
+this machine, and waits for them, forwarding a stop signal.
+"""
+import ctypes
+import logging
 import os
-from pathlib import Path
+import signal
+import socket
+import sys
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from gantrain.config import check_sweeper
-from gantrain.engine.jobs import train
-from gantrain.outputs.status import job_status
+from gantrain.config import check_sweeper, devices_of
+from gantrain.engine.jobs import Job, follow, job_shared, prepare, train, train_group
+from gantrain.ranks import Ranks, current
+from gantrain.errors import UserError, error_line
+from gantrain.outputs.status import job_status, read_status
+from gantrain.processes import console_logging, log_file
+
+log = logging.getLogger("gantrain")
 
 
-def train_command(cfg, run_dir: Path, overrides: list[str], hydra_cfg, multirun: bool) -> float | None:
+def train_command(cfg, run_dir, overrides: list[str], hydra_cfg, multirun: bool) -> float | None:
     """Train this job; its status.json follows it. In a multirun a failing job is logged and the sweep goes
     on; alone, its error ends the command (one line, exit 1)."""
+    devices = devices_of(cfg, multirun)
     if multirun:
         check_sweeper(str(hydra_cfg.sweeper.get("_target_", "")), cfg)
         launcher_settings(cfg, hydra_cfg)
+    ranks = current()
+    if not ranks.alone and devices not in (1, ranks.world):
+        raise UserError(f"trainer.devices={cfg.trainer.devices}, and torchrun started {ranks.world} ranks; drop "
+                        f"trainer.devices (torchrun's --nproc_per_node decides)")
     with job_status([run_dir], keep_going=multirun, what=f"job {hydra_cfg.job.get('num')}"):
+        if ranks.alone and devices > 1:
+            return train_on_devices(cfg, run_dir, overrides, devices)
         return train(cfg, run_dir, overrides, multirun)
 
 
@@ -30,3 +55,130 @@ def launcher_settings(cfg, hydra_cfg) -> None:
         cfg.trainer.threads = max(1, cores // n_jobs)
     if cfg.device == "auto" and torch.cuda.device_count() > 1 and hydra_cfg.job.get("num") is not None:
         cfg.device = f"cuda:{hydra_cfg.job.num % torch.cuda.device_count()}"
+
+
+# ---- started by torchrun: every process is a rank -------------------------------------------------------
+
+def launched_as_ranks() -> bool:
+    """Whether torchrun (or another env:// launcher) started this process as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def join_ranks() -> Ranks:
+    """This process's place among the ranks of the environment (env://): the process group started, with NCCL
+    for CUDA tensors where there is a GPU and gloo for the CPU's."""
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, init_method="env://")
+    return current()
+
+
+def run_as_rank(argv: list[str], run_app) -> int:
+    """`gantrain train ...` as one of R ranks (torchrun): rank 0 runs the command (run_app, Hydra and all), the
+    others follow the job it shares. Returns the exit status."""
+    if {"-m", "--multirun"} & set(argv):
+        if int(os.environ["RANK"]) == 0:
+            print("gantrain train: error: -m under torchrun would run the sweep on every rank; start the sweep "
+                  "without torchrun (its jobs train as stacks), or train one run with torchrun", file=sys.stderr)
+        return 1
+    ranks = join_ranks()
+    if ranks.writes:
+        code = run_app("train", argv)
+        if not job_shared():
+            ranks.share(None)  # refused before its job was shared (an override, the run dir): the others stop too
+    else:
+        try:
+            follow(ranks)
+            code = 0
+        except UserError:
+            code = 1  # rank 0 says why
+    leave(ranks)
+    return code
+
+
+def leave(ranks: Ranks) -> None:
+    """Every rank at the end together, then the process group taken down (gloo aborts a process that leaves
+    while another is still working)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+# ---- trainer.devices=N: this process starts the ranks ---------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_on_devices(cfg, run_dir, overrides: list[str], devices: int) -> float | None:
+    """The job prepared here, trained by `devices` spawned ranks on this machine (each its own GPU, or a share
+    of the CPU's cores: trainer.threads, else cores / devices); their metric or their one-line error back here.
+    A stop signal to this process goes to every rank once (they run in their own process group, so a
+    terminal's Ctrl-C reaches them through here, not twice)."""
+    job = Job(cfg, run_dir, overrides)
+    if not prepare(job, False):
+        return read_status(run_dir).get("metric")
+    threads = cfg.trainer.threads or max(1, (os.cpu_count() or 1) // devices)
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(devices)}
+    log.info(f"trainer.devices={devices}: starting {devices} ranks on this machine")
+    workers = mp.start_processes(rank_worker, args=(environment, job.described(), threads, results), nprocs=devices,
+                                 join=False, start_method="spawn")
+    forwarded = {}
+
+    def forward(signum, frame):  # once per signal to each rank: a second Ctrl-C is theirs to decide
+        if signum not in forwarded:
+            forwarded[signum] = True
+            for p in workers.processes:
+                if p.is_alive():
+                    os.kill(p.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for p in workers.processes:
+            p.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    result = results.get() if not results.empty() else {}
+    codes = [p.exitcode for p in workers.processes]
+    if "error" in result:
+        raise UserError(result["error"])
+    stopped = next((c for c in codes if c and c > 128), None)
+    if stopped:
+        raise SystemExit(stopped)  # every rank saved what a resume needs: the command's usual stop
+    if any(codes):
+        raise UserError(f"a rank of the run ended with exit status {next(c for c in codes if c)} without saying why; "
+                        f"its output is above")
+    if result.get("failure"):
+        raise UserError(result["failure"])
+    return result.get("metric")
+
+
+def rank_worker(index: int, environment: dict, described: dict, threads: int, results) -> None:
+    """One of the ranks trainer.devices started (spawned: a parent holding CUDA must not fork)."""
+    os.setpgrp()  # a terminal's Ctrl-C reaches the parent, which forwards it once
+    try:  # and if the parent dies without a word, this rank stops as on SIGTERM (Linux)
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    os.environ.update(environment, RANK=str(index), LOCAL_RANK=str(index))
+    ranks = join_ranks()
+    torch.set_num_threads(threads)
+    job = Job.from_description(described)
+    if ranks.writes:  # the lines and train.log a lone run's Hydra job logging writes
+        console_logging()
+        logging.getLogger().addHandler(log_file(job.run_dir / "train.log"))
+    try:
+        member = train_group([job])[0]
+        if ranks.writes:
+            results.put({"metric": member.score, "failure": member.failure})
+    except Exception as e:  # noqa: BLE001  (a user's mistake goes back as its one line; a bug keeps its traceback)
+        line = error_line(e)
+        if line is None:
+            raise
+        if ranks.writes:
+            results.put({"error": line})
+        raise SystemExit(1) from None
+    leave(ranks)

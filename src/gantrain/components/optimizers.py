@@ -40,18 +40,17 @@ def compiled(fn):
     return call
 
 
-def gradient(p: torch.Tensor, grads: list[torch.Tensor], a: dict) -> torch.Tensor:
-    """What every stacked update starts from: the (K, N) gradient (compiled, the concatenation is read inside
-    the update's kernel, never written), negated to maximise, plus L2 weight decay (wd None: none)."""
-    g = torch.cat(grads, dim=1)
+def gradient(p: torch.Tensor, g: torch.Tensor, a: dict) -> torch.Tensor:
+    """What every stacked update starts from: the (K, N) gradient, negated to maximise, plus L2 weight decay
+    (wd None: none)."""
     g = -g if a["maximize"] else g
     return g if a["wd"] is None else g + a["wd"] * p
 
 
 class StackedOptimizer:
     """Base of the stacked optimizers. `flat` is one network's (K, N) parameters; `split` cuts a (K, N)
-    tensor into one (K, *shape) view per parameter and `flatten` turns per-parameter gradients into (K, n)
-    pieces in the (K, N) order; `members` holds each member's optimizer keys from its config."""
+    tensor into one (K, *shape) view per parameter; `members` holds each member's optimizer keys from its
+    config. step() takes the (K, N) gradient in the same order."""
 
     torch_class: type[torch.optim.Optimizer]
     member_keys: tuple[str, ...] = ()  # hyperparameters that may differ between the members of a stack
@@ -106,9 +105,9 @@ class StackedOptimizer:
         except (TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"optim rejected its options: {e}; drop or fix that optim.* override") from None
 
-    def __init__(self, flat: torch.Tensor, split, flatten, members: list[dict], compile: bool = False):
+    def __init__(self, flat: torch.Tensor, split, members: list[dict], compile: bool = False):
         s = [self.settings(m) for m in members]
-        self.flat, self.split, self.flatten, self.flags = flat, split, flatten, s[0]
+        self.flat, self.split, self.flags = flat, split, s[0]
         f64 = lambda values: torch.tensor([[float(v)] for v in values], dtype=torch.float64, device=flat.device)
         self.hyper = {key: f64(m[key] for m in s) for key in self.member_keys if key != "betas"}  # (K, 1) each
         if "betas" in self.member_keys:
@@ -124,13 +123,13 @@ class StackedOptimizer:
         """The per-parameter state this setting keeps, as torch's state dict names it."""
         raise NotImplementedError
 
-    def step(self, grads: list[torch.Tensor], ok: torch.Tensor | None = None) -> None:
-        """One update from per-parameter gradients. ok (K, 1) bool: members whose update counts (on_nan=skip);
+    def step(self, grad: torch.Tensor, ok: torch.Tensor | None = None) -> None:
+        """One update from the (K, N) gradient. ok (K, 1) bool: members whose update counts (on_nan=skip);
         the others keep their parameters, state and step count."""
         with torch.no_grad():
             before = None if ok is None else [t.clone() for t in (self.flat, *self.state.values())]
             self.t += 1 if ok is None else ok
-            self.update(self.flat, self.flatten(grads), self.state, self.constants | self.step_arguments())
+            self.update(self.flat, grad, self.state, self.constants | self.step_arguments())
             if ok is not None:
                 for now, then in zip((self.flat, *self.state.values()), before):
                     now.copy_(torch.where(ok, now, then))
@@ -195,10 +194,10 @@ class Adam(StackedOptimizer):
         return {"step_size": self.per_member(h["lr"] / bc1), "bc2_sqrt": self.per_member(bc2.sqrt())}
 
     @staticmethod
-    def update(p, grads, state, a):
+    def update(p, grad, state, a):
         """torch.optim.Adam on (K, N) tensors: g (+ wd p); m <- lerp(m, g, 1 - b1); v <- lerp(v, g^2, 1 - b2);
         p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps); AMSGrad divides by the largest v so far."""
-        g = gradient(p, grads, a)  # wd is None when the decay is decoupled, so g does not read p below
+        g = gradient(p, grad, a)  # wd is None when the decay is decoupled, so g does not read p below
         if a["decay"] is not None:
             p.mul_(a["decay"])  # decoupled weight decay (AdamW): p <- p (1 - lr wd)
         m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -242,10 +241,10 @@ class SGD(StackedOptimizer):
         return {"first": self.t == 1}  # torch starts the momentum buffer at the first gradient
 
     @staticmethod
-    def update(p, grads, state, a):
+    def update(p, grad, state, a):
         """torch.optim.SGD: g (+ wd p); buf <- g on the first step, else momentum buf + (1 - dampening) g;
         g <- g + momentum buf (Nesterov) or buf; p -= lr g."""
-        g = gradient(p, grads, a)
+        g = gradient(p, grad, a)
         if "momentum_buffer" in state:
             buf = state["momentum_buffer"]
             buf.copy_(torch.where(a["first"], g, buf * a["momentum"] + a["keep"] * g))
@@ -275,10 +274,10 @@ class RMSprop(StackedOptimizer):
                 "wd": f(h["weight_decay"]) if self.nonzero["weight_decay"] else None, "maximize": self.flags["maximize"]}
 
     @staticmethod
-    def update(p, grads, state, a):
+    def update(p, grad, state, a):
         """torch.optim.RMSprop: g (+ wd p); s <- alpha s + (1 - alpha) g^2 (centred: less the squared mean
         gradient); p -= lr g / (sqrt(s) + eps), through a momentum buffer when momentum > 0."""
-        g = gradient(p, grads, a)
+        g = gradient(p, grad, a)
         square_avg = state["square_avg"]
         square_avg.mul_(a["alpha"]).addcmul_(g, g * (1 - a["alpha"]))
         if "grad_avg" in state:

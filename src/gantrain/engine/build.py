@@ -7,11 +7,13 @@ import torch
 
 from gantrain.data.prepared import image_size
 from gantrain.data.tensors import TensorData
+from gantrain.components.networks import has_batch_statistics
 from gantrain.components.registry import lookup
 from gantrain.config import bad_option, kwargs_of
 from gantrain.engine.cuda_graph import graphed
 from gantrain.engine.inputs import step_inputs
 from gantrain.engine.plain import PlainMembers
+from gantrain.ranks import ALONE, Ranks
 from gantrain.engine.stacked import StackedMembers
 from gantrain.engine.step import make_step
 from gantrain.errors import UserError
@@ -105,30 +107,52 @@ class Stack:
     augment: object
     step: object  # step(inputs, r1=...) -> stats (K, 4): make_step, graphed on CUDA
     shapes: dict  # batch_size, latent_size, n_critic, num_classes, dtype
+    ranks: Ranks = ALONE  # the processes this run spreads over (ranks.py)
+    batch_norm: bool = False  # G or D normalises over the batch (on several devices: each rank over its slice)
 
     def inputs(self, data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Generator]) -> dict:
-        """Step i of an epoch for every member: its data and its own random numbers (inputs.py)."""
-        return step_inputs(data, orders, i, gens, loss=self.loss, augment=self.augment, **self.shapes)
+        """Step i of an epoch for every member: its data and its own random numbers, this rank's slice (inputs.py)."""
+        part = None if self.ranks.alone else self.ranks.part(self.shapes["batch_size"])
+        return step_inputs(data, orders, i, gens, loss=self.loss, augment=self.augment, part=part, **self.shapes)
 
 
-def build_stack(configs: list, data: TensorData, num_classes: int, device: torch.device) -> Stack:
-    """The members (plain for one, stacked for several), their loss, augmentation and step (graphed on CUDA)."""
+def build_stack(configs: list, data: TensorData, num_classes: int, device: torch.device, ranks: Ranks = ALONE) -> Stack:
+    """The members (plain for one, stacked for several), their loss, augmentation and step (graphed on CUDA,
+    by one process: a step with collectives in it is not captured)."""
     cfg = configs[0]  # everything but member keys is the same in every member (plan.py)
     nets = [member_networks(c, data, num_classes, device) for c in configs]
+    batch_norm = any(has_batch_statistics(net) for net in nets[0])
+    check_ranks(cfg, ranks, batch_norm)
     optimizer = lookup("optim", cfg.optim.name)
     optim_kwargs = [kwargs_of(c.optim) for c in configs]
     skip, fast = cfg.on_nan == "skip", cfg.trainer.fast
-    graph = cfg.trainer.cuda_graph and device.type == "cuda"
+    graph = cfg.trainer.cuda_graph and device.type == "cuda" and ranks.alone
     if len(configs) == 1:
         G, D = nets[0]
         graph = graph and not skip and optimizer.capturable  # skipping syncs with the host; the graph cannot
         opt_g, opt_d = (optimizer.build_torch(net.parameters(), optim_kwargs[0], fast, capturable=graph) for net in (G, D))
-        members = PlainMembers(G, D, opt_g, opt_d, cfg.ema_decay, skip)
+        members = PlainMembers(G, D, opt_g, opt_d, cfg.ema_decay, skip, ranks)
     else:
         members = StackedMembers([G for G, _ in nets], [D for _, D in nets], optimizer, optim_kwargs,
-                                 [c.ema_decay for c in configs], skip, fast)
+                                 [c.ema_decay for c in configs], skip, fast, ranks)
     loss, augment = build_component("loss", configs, device), build_component("augment", configs, device)
     step = make_step(members, loss, augment, n_critic=cfg.n_critic, joint_d_pass=fast, precision=cfg.trainer.precision)
     shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=num_classes,
                   dtype=param_dtype(cfg.trainer.precision))
-    return Stack(members, loss, augment, graphed(step) if graph else step, shapes)
+    return Stack(members, loss, augment, graphed(step) if graph else step, shapes, ranks, batch_norm)
+
+
+def check_ranks(cfg, ranks: Ranks, batch_norm: bool) -> None:
+    """batch_size is the global batch: each of R ranks takes B / R of it, which must be whole, a multiple of
+    model.pack, and at least 2 where BatchNorm normalises over each rank's slice."""
+    if ranks.alone:
+        return
+    per_rank, left = divmod(cfg.batch_size, ranks.world)
+    pack = cfg.model.get("pack", 1)
+    if left or per_rank % pack or (batch_norm and per_rank < 2):
+        need = ranks.world * max(pack, 2 if batch_norm else 1)
+        why = ("BatchNorm needs at least 2 images a rank" if batch_norm and per_rank < 2 and not left else
+               f"model.pack={pack} needs whole packs on each rank" if not left and per_rank % pack else
+               "each rank takes an equal slice")
+        raise UserError(f"batch_size={cfg.batch_size} is the global batch, split among {ranks.world} ranks, and {why}; "
+                        f"use a multiple of {need}, e.g. batch_size={need * max(1, round(cfg.batch_size / need))}")

@@ -8,6 +8,7 @@ partial batch is dropped (as DataLoader(drop_last=True)), and the dropped exampl
 import torch
 
 from gantrain.data.tensors import TensorData
+from gantrain.ranks import BATCH_AXIS
 
 
 def epoch_order(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -33,17 +34,24 @@ def member_draws(gen: torch.Generator, batch_size: int, latent_size: int, n_crit
 
 def step_inputs(data: TensorData, orders: torch.Tensor, i: int, gens: list[torch.Generator], *, batch_size: int,
                 latent_size: int, n_critic: int, num_classes: int, loss, augment,
-                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+                dtype: torch.dtype = torch.float32, part: slice | None = None) -> dict[str, torch.Tensor]:
     """Step i of an epoch for every member: real (K, n_critic, B, ...) from each member's order (K, N), with
     labels y_real for a conditional GAN, and each member's draws stacked along K (see step.py). Floats come
-    in the networks' dtype; draws are made in float32 whatever it is, so an fp64 run sees the fp32 run's."""
+    in the networks' dtype; draws are made in float32 whatever it is, so an fp64 run sees the fp32 run's.
+
+    part: this rank's rows of the batch, on several devices (ranks.py): the whole step's numbers are drawn
+    (the generators advance as in a lone run) and every input keeps its slice along BATCH_AXIS; only that
+    slice of the real images is gathered."""
     per_step = batch_size * n_critic
     idx = orders[:, i * per_step:(i + 1) * per_step].view(len(orders), n_critic, batch_size)
+    draws = [member_draws(gen, batch_size, latent_size, n_critic, num_classes, loss, augment) for gen in gens]
+    draws = {name: stack([d[name] for d in draws]) for name in draws[0]}
+    if part is not None:
+        assert all(d.shape[BATCH_AXIS] == batch_size for d in (idx, *draws.values())), "a draw without its batch there"
+        idx, draws = idx[:, :, part], {name: d[:, :, part] for name, d in draws.items()}
     inputs = {"real": data.floats(idx, dtype)}
     if num_classes:
         inputs["y_real"] = data.y[idx]
-    draws = [member_draws(gen, batch_size, latent_size, n_critic, num_classes, loss, augment) for gen in gens]
-    draws = {name: stack([d[name] for d in draws]) for name in draws[0]}
     return inputs | {name: d.to(dtype) if d.is_floating_point() else d for name, d in draws.items()}
 
 

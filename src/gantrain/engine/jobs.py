@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gantrain.components.data import load_data
 from gantrain.data.tensors import TensorData
-from gantrain.config import check_train_config, config_for_resume, kwargs_of, pick_device, user_path
+from gantrain.config import check_train_config, config_for_resume, devices_of, kwargs_of, pick_device, user_path
 from gantrain.engine.build import build_stack, check_model_takes_data, classes_of, set_matmul_precision
+from gantrain.ranks import ALONE, Ranks, current
 from gantrain.engine.loop import STOP_SIGNALS, fit
 from gantrain.engine.member import Member, Where
 from gantrain.engine.plan import free_bytes, member_bytes, plan
@@ -41,6 +42,17 @@ class Job:
     def resumed_at(self) -> tuple | None:
         return None if self.ckpt is None else (self.ckpt["epoch"], self.ckpt["step"], self.ckpt.get("position", 0))
 
+    def described(self) -> dict:
+        """The prepared job as plain values, for the other ranks of a run on several devices (they never run Hydra)."""
+        return {"cfg": OmegaConf.to_container(self.cfg, resolve=True), "run_dir": str(self.run_dir),
+                "overrides": self.overrides, "name": self.name, "logged_up_to": self.logged_up_to}
+
+    @classmethod
+    def from_description(cls, d: dict) -> "Job":
+        job = cls(OmegaConf.create(d["cfg"]), Path(d["run_dir"]), d["overrides"], d["name"], logged_up_to=d["logged_up_to"])
+        job.ckpt = load_checkpoint(user_path(job.cfg.resume)) if job.cfg.resume else None  # each rank reads it
+        return job
+
 
 def prepare(job: Job, multirun: bool) -> bool:
     """Resolve resume (auto or a path) and check the config; False when an earlier run of the job finished
@@ -56,6 +68,7 @@ def prepare(job: Job, multirun: bool) -> bool:
     if job.cfg.resume:
         resume_from(job, user_path(job.cfg.resume), ckpt)
     check_train_config(job.cfg)
+    devices_of(job.cfg, multirun)
     check_model_takes_data(job.cfg)
     return True
 
@@ -98,16 +111,47 @@ def plan_stacks(jobs: list[Job], multirun: bool = True, in_place: bool = False) 
     return stacks
 
 
+_shared: list[bool] = []  # rank 0 under torchrun: whether it shared its job (or its refusal) with the others
+
+
+def job_shared() -> bool:
+    return bool(_shared)
+
+
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool = False) -> float | None:
     """Train one job (resuming from cfg.resume if set); artifacts go to run_dir. Returns its metric; a
-    member that diverged ends it with its one-line UserError."""
-    job = Job(cfg, run_dir, overrides)
-    if not prepare(job, multirun):
+    member that diverged ends it with its one-line UserError. On several devices (torchrun) this is rank 0,
+    which composed and prepares the job and shares it with the others (follow)."""
+    job, ranks = Job(cfg, run_dir, overrides), current()
+    try:
+        ready = prepare(job, multirun)
+    except BaseException:
+        if not ranks.alone:
+            _shared.append(True)
+            ranks.share(None)  # the other ranks stop too; this one says why
+        raise
+    if not ranks.alone:
+        _shared.append(True)
+        ranks.share(job.described() if ready else None)
+    if not ready:
         return read_status(run_dir).get("metric")  # an earlier run of this job finished: its metric
-    member = train_group([job])[0]
+    return outcome(train_group([job])[0])
+
+
+def outcome(member: Member) -> float | None:
+    """A run's metric, or its one-line failure (a member that diverged) raised."""
     if member.failure:
         raise UserError(member.failure)
     return member.score
+
+
+def follow(ranks: Ranks) -> float | None:
+    """A rank other than 0: the job rank 0 composed and prepared (None: it was refused, and rank 0 says why),
+    trained here over this rank's slice of every batch."""
+    described = ranks.share(None)
+    if described is None:
+        raise SystemExit(1)
+    return outcome(train_group([Job.from_description(described)])[0])
 
 
 def train_jobs(jobs: list[Job], multirun: bool = True) -> None:
@@ -127,12 +171,13 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
     """Jobs that may share a stack, trained in chunks that fit the device's free memory (members resuming
     mid-epoch share a position: plan.py grouped them by it). stop_signals: those that stop training with a
     checkpoint for every member (loop.py)."""
-    cfg = jobs[0].cfg
-    device = pick_device(cfg.device)
+    cfg, ranks = jobs[0].cfg, current()
+    device = rank_device(cfg.device, ranks)
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
     set_matmul_precision(cfg.trainer.precision)
-    data = place(load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",))), device)
+    # prepared (a folder decoded once) by rank 0; the others then map its copy
+    data = place(ranks.first(lambda: load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",)))), device)
     if cfg.batch_size * cfg.n_critic > len(data):
         raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
                         f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
@@ -149,8 +194,22 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
                  f"up to {k_max} members per stack")
     members = []
     for start in range(0, len(jobs), k_max):
-        members += train_stack(jobs[start:start + k_max], data, num_classes, device, stop_signals)
+        members += train_stack(jobs[start:start + k_max], data, num_classes, device, stop_signals, ranks)
     return members
+
+
+def rank_device(name: str, ranks: Ranks) -> torch.device:
+    """The device this process trains on: device=..., or on several devices each rank its own GPU (cuda:LOCAL_RANK
+    with device=auto or cuda), or the CPU."""
+    if ranks.alone:
+        return pick_device(name)
+    if str(name) not in ("auto", "cuda", "cpu"):
+        raise UserError(f"device={name} names one GPU, and this run spreads over {ranks.world} ranks, each on its "
+                        f"own: use device=cuda (or auto)")
+    if str(name) == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(ranks.local)
+    return torch.device("cuda", ranks.local)
 
 
 def place(data: TensorData, device: torch.device) -> TensorData:
@@ -166,12 +225,12 @@ def place(data: TensorData, device: torch.device) -> TensorData:
 
 
 def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: torch.device,
-                stop_signals: tuple = STOP_SIGNALS) -> list[Member]:
+                stop_signals: tuple = STOP_SIGNALS, ranks: Ranks = ALONE) -> list[Member]:
     K = len(jobs)
-    stack = build_stack([j.cfg for j in jobs], data, num_classes, device)
+    stack = build_stack([j.cfg for j in jobs], data, num_classes, device, ranks)
     members = [Member(j.cfg, j.run_dir, device, evaluable(j.cfg, data), own_log=j.own_log,
                       prefix=f"[{j.name}] " if j.own_log else "", overrides=j.overrides, ckpt=j.ckpt,
-                      logged_up_to=j.logged_up_to) for j in jobs]
+                      logged_up_to=j.logged_up_to, ranks=ranks) for j in jobs]
     where, orders = Where(), None
     for k, job in enumerate(jobs):
         if job.ckpt is not None:  # every member of a stack resumes from the same point (plan.py)
@@ -179,6 +238,11 @@ def train_stack(jobs: list[Job], data: TensorData, num_classes: int, device: tor
             where = Where(job.ckpt["epoch"], job.ckpt["step"], job.ckpt.get("position", 0))
             members[k].say(f"resumed from {user_path(job.cfg.resume)} at epoch {where.epoch}, step {where.step}"
                            + (f" ({where.position} steps into epoch {where.epoch + 1})" if where.position else ""))
+            trained_on = job.ckpt.get("world_size", 1)
+            if trained_on != ranks.world:
+                members[k].say(f"resumed on {ranks.world} rank(s) a run trained on {trained_on}: the same global batch "
+                               f"of {job.cfg.batch_size}, sliced otherwise, so it continues but not bit for bit")
+    stack.nets.share()  # every rank starts from rank 0's weights
     if where.position:
         orders = torch.stack([job.ckpt["order"].to(device) for job in jobs])
     if K > 1:

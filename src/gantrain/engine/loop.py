@@ -57,37 +57,46 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
         orders: torch.Tensor | None = None, stop_signals: tuple = STOP_SIGNALS) -> None:
     """Train the members from `where` to their epochs (orders: each member's data order when resuming
     mid-epoch, (K, N)). A member whose loss goes NaN/Inf stops alone (on_nan=stop); one of stop_signals
-    stops all of them with a checkpoint each, mid-epoch, that resumes exactly."""
-    cfg, K, device = members[0].cfg, len(members), data.device  # shared keys: batch_size, epochs, n_critic...
+    stops all of them with a checkpoint each, mid-epoch, that resumes exactly. On several devices every rank
+    runs this loop over its slice of each batch, and every decision (a stop, a diverged member) comes from
+    values all ranks share, at the same step."""
+    cfg, K, device, ranks = members[0].cfg, len(members), data.device, stack.ranks  # shared: batch_size, epochs, ...
     steps_per_epoch = len(data) // (cfg.batch_size * cfg.n_critic)  # a last partial batch is dropped
     last_step = cfg.epochs * steps_per_epoch
     history = torch.zeros(K, steps_per_epoch, len(STATS), device=device)  # this epoch's stats, read at log time
     nets = stack.nets
     outputs_are = "samples, checkpoints and eval" if any(m.evaluating for m in members) else "samples and checkpoints"
     seconds, first_step = {"steps": 0.0, outputs_are: 0.0}, where.step
+    where_ = f"{device}" if ranks.alone else (
+        f"{ranks.world} ranks ({device.type}), {cfg.batch_size // ranks.world} images each"
+        + (f"; BatchNorm statistics per rank ({cfg.batch_size // ranks.world} images)" if stack.batch_norm else ""))
     for m in members:
         m.say(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, {steps_per_epoch} "
-              f"steps/epoch) on {device}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {m.run_dir}")
+              f"steps/epoch) on {where_}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {m.run_dir}")
     try:
         with deferred_signals(stop_signals) as caught, ThreadPoolExecutor(8, thread_name_prefix="gantrain-writer") as writer:
-            outputs = EpochOutputs(nets, members, data, num_classes, writer)  # real_images.png: written meanwhile
+            outputs = EpochOutputs(nets, members, data, num_classes, writer, ranks)  # real_images.png: written meanwhile
             while where.epoch < cfg.epochs and any(m.alive for m in members):
                 tick = time.perf_counter()
                 if orders is None:
                     orders = torch.stack([epoch_order(len(data), m.gen) for m in members])  # (K, N)
-                steps = range(where.position, steps_per_epoch)
-                for i in tqdm(steps, initial=where.position, total=steps_per_epoch, leave=False, disable=not sys.stderr.isatty(),
-                              desc=f"epoch {where.epoch + 1}/{cfg.epochs}"):
+                steps, shared = range(where.position, steps_per_epoch), where.position  # history rows before `shared`: all ranks'
+                for i in tqdm(steps, initial=where.position, total=steps_per_epoch, leave=False,
+                              disable=not sys.stderr.isatty() or not ranks.writes, desc=f"epoch {where.epoch + 1}/{cfg.epochs}"):
                     inputs = stack.inputs(data, orders, i, [m.gen for m in members])
+                    nets.stop = caught[0] if caught else 0  # told to the other ranks in this step's all-reduces
                     history[:, i] = stack.step(inputs, r1=stack.loss.r1_due(where.step))
                     where.step, where.position = where.step + 1, i + 1
+                    stopping = (caught[0] if caught else 0) if ranks.alone else nets.agreed_stop()
                     logging_now = [k for k, m in enumerate(members) if m.alive and (
-                        where.step % m.cfg.log_every == 0 or where.step == last_step or caught)]
+                        where.step % m.cfg.log_every == 0 or where.step == last_step or stopping)]
                     if logging_now:  # a host sync, once per log line (and at the last step, and at a signal)
+                        shared = share_history(history, shared, i + 1, ranks)
                         stop_diverged(history[:, :i + 1], where, members)
                         log_rows(history[:, i], nets.skipped, where, steps_per_epoch, members, logging_now)
-                    if caught:
-                        interrupt(caught[0], nets, members, where, orders, data, num_classes)
+                    if stopping:
+                        interrupt(stopping, nets, members, where, orders, data, num_classes)
+                share_history(history, shared, steps_per_epoch, ranks)
                 stop_diverged(history, where, members)  # before anything of this epoch is saved
                 seconds["steps"] += time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -112,6 +121,14 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
     finish(members, where, first_step, seconds)
 
 
+def share_history(history: torch.Tensor, start: int, end: int, ranks) -> int:
+    """Rows start..end of this epoch's stats averaged over the ranks (each rank logged its slice's means): one
+    reduction per log line. Returns the first row not yet shared."""
+    if not ranks.alone and end > start:
+        history[:, start:end] = ranks.mean_(history[:, start:end].contiguous())
+    return end
+
+
 def stop_diverged(history: torch.Tensor, where: Where, members: list[Member]) -> None:
     """on_nan=stop: a member whose d_loss or g_loss went NaN/Inf in `history` (its steps of this epoch so far,
     (K, steps, 4)) stops and is marked failed, naming the step and its last good checkpoint; the others go on."""
@@ -127,7 +144,8 @@ def stop_diverged(history: torch.Tensor, where: Where, members: list[Member]) ->
                    "no checkpoint was written yet; start again with a lower optim.lr")
             m.alive, m.failure = False, (f"loss became non-finite at step {where.step - where.position + i + 1} (d_loss "
                                          f"{d_loss:.4g}, g_loss {g_loss:.4g}); {fix}, or set on_nan=skip")
-            write_status(m.run_dir, "failed", reason=m.failure)
+            if m.writes:
+                write_status(m.run_dir, "failed", reason=m.failure)
             if len(members) > 1:  # a lone run's failure ends the command with this line (jobs.py)
                 m.say(f"stopped: {m.failure}", logging.ERROR)
 
@@ -143,10 +161,11 @@ def log_rows(stats: torch.Tensor, skipped: torch.Tensor, where: Where, steps_per
 
 def interrupt(signum: int, nets, members: list[Member], where: Where, orders, data, num_classes: int):
     """A mid-epoch checkpoint for every member, holding its epoch's data order and position, then exit
-    128 + signum (the members' status becomes `interrupted`: jobs.py)."""
+    128 + signum (the members' status becomes `interrupted`: jobs.py). Every rank stops here; rank 0 writes."""
     name = signal.Signals(signum).name
+    nets.average_batch_statistics()
     for k, m in enumerate(members):
-        if m.alive:
+        if m.alive and m.writes:
             path = m.run_dir / "checkpoints" / "last.pt"
             save_checkpoint(path, m.checkpoint_state(nets.member_state(k), where, orders[k], data.shape, num_classes,
                                                      data.classes if num_classes else None))
@@ -160,16 +179,18 @@ class EpochOutputs:
     """What members leave at the end of an epoch: sample grids (or scatter plots), checkpoints, and
     evaluations with best.pt. Generation and evaluation run for all due members at once; files are
     written by threads (numpy arrays and tensors already copied; no torch op runs on them: artifacts.py says
-    why) while the device work stays on the loop's thread."""
+    why) while the device work stays on the loop's thread. On several devices every rank averages its
+    BatchNorm statistics and takes its share of the evaluation; rank 0 alone samples and writes."""
 
-    def __init__(self, nets, members: list[Member], data, num_classes: int, writer: ThreadPoolExecutor):
-        self.nets, self.members, self.data, self.num_classes = nets, members, data, num_classes
+    def __init__(self, nets, members: list[Member], data, num_classes: int, writer: ThreadPoolExecutor, ranks):
+        self.nets, self.members, self.data, self.num_classes, self.ranks = nets, members, data, num_classes, ranks
         device = data.device
         self.fixed_z = torch.stack([fixed_latents(m.cfg, data) for m in members]).to(device)  # (K, n, latent)
         n = self.fixed_z.shape[1]
         self.fixed_y = (torch.arange(n, device=device) % num_classes).expand(len(members), n) if num_classes else None
         self.real_points = artifacts.pixels(data.floats(torch.arange(min(n, len(data))))) if data.x.dim() == 2 else None  # 2D plots show the real mixture behind
-        self.pending = [writer.submit(self.save_real_images, artifacts.pixels(artifacts.real_examples(data)))]  # off the path to the first step
+        self.pending = [writer.submit(self.save_real_images, artifacts.pixels(artifacts.real_examples(data)))
+                        ] if ranks.writes else []  # off the path to the first step
 
     def save_real_images(self, picture) -> None:
         """real_images.png, the same for every member: drawn once, copied."""
@@ -178,10 +199,11 @@ class EpochOutputs:
             shutil.copyfile(self.members[0].run_dir / "real_images.png", m.run_dir / "real_images.png")
 
     def write(self, where: Where, last: bool, writer: ThreadPoolExecutor) -> None:
-        members, nets = self.members, self.nets
+        members, nets, writes_files = self.members, self.nets, self.ranks.writes
+        nets.average_batch_statistics()  # every rank's G is then the same G
         alive = [k for k, m in enumerate(members) if m.alive]
-        sample = [k for k in alive if members[k].due("sample_every", where.epoch, last)]
-        keep = [k for k in alive if members[k].due("ckpt_every", where.epoch, last)]
+        sample = [k for k in alive if members[k].due("sample_every", where.epoch, last)] if writes_files else []
+        keep = [k for k in alive if members[k].due("ckpt_every", where.epoch, last)] if writes_files else []
         evaluate = [k for k in alive if members[k].evaluating and members[k].due("eval_every", where.epoch, last)]
         writes, pngs, self.pending = self.pending, {}, []
         if sample:
@@ -192,7 +214,7 @@ class EpochOutputs:
         # RNG reads, config resolving, optimizer state copies: only for the members that need a state
         names = self.data.classes if self.num_classes else None
         states = {k: members[k].checkpoint_state(nets.member_state(k), where, None, self.data.shape, self.num_classes, names)
-                  for k in sorted(set(keep) | set(evaluate))}
+                  for k in sorted(set(keep) | set(evaluate))} if writes_files else {}
         spaces: dict[tuple, list[int]] = {}  # members due, by the feature space they are judged in
         for k in evaluate:
             spaces.setdefault((members[k].cfg.eval.features, members[k].cfg.eval.inception_weights), []).append(k)
@@ -200,9 +222,10 @@ class EpochOutputs:
             cfgs = [members[k].cfg for k in due]
             sample = lambda z, y, which, due=due: nets.sample(z, y, [due[j] for j in which])
             results = evaluate_stack(sample, self.data, cfgs[0].data.name, cfgs[0].latent_size, self.num_classes,
-                                     [c.seed for c in cfgs], [c.eval.n for c in cfgs], features, weights)
+                                     [c.seed for c in cfgs], [c.eval.n for c in cfgs], features, weights, self.ranks)
             for k, result in zip(due, results):
-                members[k].record_eval(result, states[k], where)
+                if writes_files:
+                    members[k].record_eval(result, states[k], where)
         for k in keep:  # after the evaluations: last.pt says which is the best so far, this epoch's included
             path = members[k].run_dir / "checkpoints" / "last.pt"
             writes.append(writer.submit(save_checkpoint, path, states[k]))
@@ -214,6 +237,8 @@ class EpochOutputs:
 
 
 def finish(members: list[Member], where: Where, first_step: int, seconds: dict) -> None:
+    if not members[0].writes:
+        return
     try:
         curves.plot_curves_of([m.run_dir for m in members])
     except OSError as e:  # training is done and metrics.csv holds every number: a missing picture is a warning

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from gantrain.config import user_path
 from gantrain.errors import naming
+from gantrain.ranks import ALONE, Ranks
 from gantrain.engine.step import STATS
 from gantrain.evaluation.evaluate import headline, protocol, write_metrics
 from gantrain.outputs import artifacts
@@ -45,29 +46,37 @@ class Member:
     prefix: what its console lines start with (its job name in a stack, nothing for a lone run).
     ckpt: the checkpoint it resumes from (read from cfg.resume), whose random state, best evaluation and tracker
     runs it continues; logged_up_to: the last step its earlier run logged, {"train": ..., "eval": ...} (its
-    trackers have those already).
+    trackers have those already). ranks: the processes the run spreads over; only rank 0 writes the member's
+    files and lines (its random state and decisions are the same on every rank).
     """
 
     def __init__(self, cfg, run_dir: Path, device: torch.device, evaluating: bool, own_log: bool = False,
-                 prefix: str = "", overrides: list[str] = (), ckpt: dict | None = None, logged_up_to: dict | None = None):
+                 prefix: str = "", overrides: list[str] = (), ckpt: dict | None = None, logged_up_to: dict | None = None,
+                 ranks: Ranks = ALONE):
         self.cfg, self.run_dir, self.evaluating, self.prefix = cfg, run_dir, evaluating, prefix
+        self.writes, self.world = ranks.writes, ranks.world
+        writes = self.writes
         self.gen = torch.Generator(device).manual_seed(cfg.seed)  # data order, noise and the loss's draws
         self.alive, self.failure, self.score = True, None, None
-        self.best = None  # the best evaluation so far: {score, epoch, step, protocol} (checkpoint.best_record)
+        self.best = None  # the best evaluation so far: {score, epoch, step, protocol} (best_record)
         self.last_ckpt = f"{user_path(cfg.resume)}" if cfg.resume else None  # where a diverged run can resume from
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.file_log = None
-        if own_log:
-            self.file_log = logging.Logger(f"gantrain.member.{run_dir}")  # outside the hierarchy: this file only
-            self.file_log.addHandler(log_file(run_dir / "train.log"))
-        self.csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
+        self.file_log = self.csv = None
+        if writes:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if own_log:
+                self.file_log = logging.Logger(f"gantrain.member.{run_dir}")  # outside the hierarchy: this file only
+                self.file_log.addHandler(log_file(run_dir / "train.log"))
+            self.csv = artifacts.open_metrics(run_dir / "metrics.csv", ("epoch", "step_in_epoch", "step", *STATS))
         if ckpt is not None:
             set_rng_state(self.gen, ckpt["rng"])
-            self.best = self.best_so_far(ckpt, user_path(cfg.resume))
-        self.tracker = Trackers(cfg, run_dir, list(overrides), (ckpt or {}).get("trackers"), logged_up_to)
+            self.best = self.best_so_far(ckpt, user_path(cfg.resume)) if writes else None
+        self.tracker = (Trackers(cfg, run_dir, list(overrides), (ckpt or {}).get("trackers"), logged_up_to) if writes
+                        else Trackers.none())
 
     def say(self, message: str, level: int = logging.INFO) -> None:
-        """A line on the console (and in the run's train.log)."""
+        """A line on the console (and in the run's train.log); nothing on a rank that does not write."""
+        if not self.writes:
+            return
         log.log(level, f"{self.prefix}{message}")
         if self.file_log is not None:
             self.file_log.log(level, message)
@@ -83,6 +92,8 @@ class Member:
         metrics.csv first: it is what a resumed run's trackers go by (a kill -9 between the two writes costs a
         tracker that one row, never a row twice)."""
         d_loss, g_loss, d_x, d_g_z = values
+        if not self.writes:
+            return
         with naming(self.run_dir / "metrics.csv"):
             self.csv.write(f"{where.epoch + 1},{where.position},{where.step},{d_loss:.6g},{g_loss:.6g},{d_x:.6g},{d_g_z:.6g}\n")
         self.tracker.scalars({f"train/{name}": v for name, v in zip(STATS, values)}, where.step)
@@ -97,13 +108,13 @@ class Member:
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "data_shape": list(data_shape),
                 "num_classes": num_classes, "class_names": class_names, "epoch": where.epoch, "step": where.step, "position": where.position,
                 "order": order.cpu() if where.position else None, **nets_state, "rng": rng_state(self.gen),
-                "best": self.best, "trackers": self.tracker.ids()}
+                "best": self.best, "trackers": self.tracker.ids(), "world_size": self.world}
 
     def record_eval(self, results: dict, state: dict, where: Where) -> None:
         """An evaluation's metrics.json, tracker scalars and log line; checkpoints/best.pt when it is the best so
         far of the whole training under the same protocol (state["best"] then says so, for last.pt too)."""
         score = headline(results, self.cfg.eval.metric)
-        if score is None:
+        if score is None or not self.writes:
             return
         self.score = score
         write_metrics(self.run_dir / "metrics.json", results, epoch=where.epoch, step=where.step)
@@ -150,6 +161,7 @@ class Member:
 
     def close(self) -> None:
         """Its files; its trackers finish after the run's curves are drawn (loop.finish), or at once on an error."""
-        self.csv.close()
+        if self.csv is not None:
+            self.csv.close()
         for handler in self.file_log.handlers if self.file_log else ():
             handler.close()

@@ -5,8 +5,9 @@ the summed loss gives each member exactly its own gradient.
 
 Each network's parameters live in one (K, N) tensor (checkpoints, the EMA, member access and the optimizer
 read it in one piece); the forward passes see it through one (K, *shape) leaf view per parameter, made
-once. Gradients arrive per parameter; stored in the layout they arrive in (StackedParams), they flatten
-into (K, N) without a copy. Nothing in a step asks the host anything, so on CUDA the whole step can be
+once. Gradients accumulate into the leaves' .grad, views of one (K, N) buffer laid out as the parameters
+are (StackedParams, ranks.GradientBuffer), which the optimizer reads as it is and a run on several devices
+all-reduces in one call. Nothing in a step asks the host anything, so on CUDA the whole step can be
 captured once as a CUDA graph and replayed (cuda_graph.py), as a lone run's step is.
 """
 import copy
@@ -18,6 +19,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from gantrain.components.networks import has_batch_statistics
 from gantrain.components.registry import lookup
 from gantrain.config import kwargs_of
+from gantrain.ranks import ALONE, GradientBuffer, Ranks
 from gantrain.outputs.checkpoint import weights_mismatch
 
 
@@ -97,16 +99,19 @@ class StackedMembers:
     """
 
     def __init__(self, Gs, Ds, optimizer, optim_kwargs: list[dict], ema_decays: list[float],
-                 skip_nonfinite: bool = False, fast: bool = True):
+                 skip_nonfinite: bool = False, fast: bool = True, ranks: Ranks = ALONE):
         self.K, self.device = len(Gs), next(Gs[0].parameters()).device
         self.templates = (Gs[0], Ds[0])  # modules with the members' shapes: checkpoints take their key order
         self.g, self.d = StackedParams(Gs), StackedParams(Ds)
         (self.G_fn, self.G_base), (self.D_fn, self.D_base) = vmapped(Gs[0]), vmapped(Ds[0])
         self.batch_statistics = has_batch_statistics(Ds[0])
-        self.optimizer, self.optim_kwargs, self.fast = optimizer, optim_kwargs, fast
+        self.optimizer, self.optim_kwargs, self.fast, self.ranks = optimizer, optim_kwargs, fast, ranks
         compile = self.device.type == "cuda"  # one compiled kernel per network; CPU runs stay eager
-        self.opt_g = optimizer(self.g.flat, self.g.split, self.g.flatten, optim_kwargs, compile)
-        self.opt_d = optimizer(self.d.flat, self.d.split, self.d.flatten, optim_kwargs, compile)
+        self.opt_g = optimizer(self.g.flat, self.g.split, optim_kwargs, compile)
+        self.opt_d = optimizer(self.d.flat, self.d.split, optim_kwargs, compile)
+        self.grads = {id(stack): GradientBuffer(list(stack.params.values()), stack.split, self.K, ranks)
+                      for stack in (self.g, self.d)}
+        self.stop = 0  # the signal this rank caught, which the next updates tell the others (ranks.py)
         self.ema_decays, self.ema = ema_decays, None
         if any(d > 0 for d in ema_decays):
             self.ema = self.g.flat.clone()  # (K, N_g)
@@ -127,14 +132,30 @@ class StackedMembers:
         self.update(self.opt_g, self.g, loss)
 
     def update(self, opt, stack: StackedParams, loss: torch.Tensor) -> None:
-        params = list(stack.params.values())
-        grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        grads = self.grads[id(stack)]
+        bad = grads.backward(loss, list(stack.params.values()), self.skip_nonfinite, self.stop)
         ok = None
-        if self.skip_nonfinite:  # decided on the device: a member with a NaN/Inf loss keeps its state
-            ok = torch.isfinite(loss.detach()).unsqueeze(1)
-            self.skipped += ~ok.squeeze(1)
-        opt.step(grads, ok)
+        if bad is not None:  # decided on the device: a member with a NaN/Inf loss keeps its state
+            ok = ~bad.unsqueeze(1)
+            self.skipped += bad
+        opt.step(grads.grad, ok)
+
+    def agreed_stop(self) -> int:
+        """The stop signal any rank caught during this step (0: none), the same on every rank."""
+        return self.grads[id(self.g)].agreed_stop()
+
+    @torch.no_grad()
+    def share(self) -> None:
+        """Rank 0's weights, statistics and averages on every rank (at the start)."""
+        self.ranks.broadcast_([self.g.flat, self.d.flat, *self.g.buffers.values(), *self.d.buffers.values(),
+                               *([] if self.ema is None else [self.ema])])
+
+    @torch.no_grad()
+    def average_batch_statistics(self) -> None:
+        """Each rank's BatchNorm statistics averaged over the ranks (see PlainMembers)."""
+        for name, b in (*self.g.buffers.items(), *self.d.buffers.items()) if not self.ranks.alone else ():
+            if name.endswith(("running_mean", "running_var")):
+                self.ranks.mean_(b)
 
     @torch.no_grad()
     def update_ema(self) -> None:

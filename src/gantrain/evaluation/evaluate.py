@@ -10,6 +10,7 @@ import torch
 
 from gantrain.components.data import MIXTURES
 from gantrain.data.tensors import TensorData
+from gantrain.ranks import ALONE, Ranks
 from gantrain.errors import UserError, naming
 from gantrain.evaluation import metrics
 from gantrain import cache
@@ -91,29 +92,50 @@ def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
 
 
 def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, num_classes: int,
-                   seeds: list[int], ns: list[int], features: str = "auto", weights: str | None = None) -> list[dict]:
+                   seeds: list[int], ns: list[int], features: str = "auto", weights: str | None = None,
+                   ranks: Ranks = ALONE) -> list[dict]:
     """Metrics of M generators: sample(z (M, n, latent), y, members) -> their samples (M, n, ...), member j
     drawing its latents from seeds[j] and compared with the same ns[j] real examples as every other
     evaluation (2D mixtures: the protocol's 2,500 points). Mode counts for the 2D mixtures; for images FD,
     KID, precision/recall and class coverage in gantrain's own features, or FID, KID, precision/recall and
-    the Inception Score in Inception's (features=inception, weights: its file)."""
+    the Inception Score in Inception's (features=inception, weights: its file). On several devices (ranks)
+    every rank featurises its share of the samples and rank 0 computes the metrics (the others get {})."""
     if data.x.dim() == 2:
-        if data_name not in MIXTURES:
+        if data_name not in MIXTURES or not ranks.writes:  # 2,500 points: not worth sharing out
             return [{} for _ in seeds]
         latents = [eval_latents(PROTOCOL_POINTS, latent_size, num_classes, s) for s in seeds]
         with torch.no_grad():
             points = torch.cat(list(samples_in_chunks(sample, list(range(len(seeds))), latents, data.device)), dim=1)
         return [metrics.mixture_metrics(data_name, p, n_real=len(data)) for p in points]
-    net, score, space = feature_space(data, features, weights)
+    net, score, space = ranks.first(lambda: feature_space(data, features, weights))  # trained (and cached) once
     with torch.no_grad():
-        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, score, space)
+        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, score, space, ranks)
+
+
+def shared_features(net, sample, group: list[int], latents: list[tuple], device, ranks: Ranks) -> torch.Tensor:
+    """The features (M, n, F) of the group's samples from `latents` (n each): on several devices each rank
+    featurises its contiguous share (n * r / R to n * (r + 1) / R), padded to the largest share for the
+    gather and trimmed after it, so every rank holds the features of the 1-rank run's samples, in order."""
+    n = len(latents[0][0])
+    bounds = [n * r // ranks.world for r in range(ranks.world + 1)]
+    lo, hi = bounds[ranks.rank], bounds[ranks.rank + 1]
+    mine = [(z[lo:max(hi, lo + 1)], None if y is None else y[lo:max(hi, lo + 1)]) for z, y in latents]  # >= 1 row: F
+    feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
+                       for x in samples_in_chunks(sample, group, mine, device)], dim=1)[:, :hi - lo]  # (M, share, F)
+    if ranks.alone:
+        return feats
+    widest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    padded = torch.zeros(widest, *feats.shape[::2], dtype=feats.dtype, device=feats.device)  # (rows, M, F)
+    padded[:hi - lo] = feats.transpose(0, 1)
+    every = ranks.gather(padded).view(ranks.world, widest, *padded.shape[1:])
+    return torch.cat([every[r, :bounds[r + 1] - bounds[r]] for r in range(ranks.world)]).transpose(0, 1)
 
 
 def image_results(sample, data: TensorData, latent_size: int, num_classes: int, seeds: list[int], ns: list[int],
-                  net, score: tuple | None, space: str) -> list[dict]:
+                  net, score: tuple | None, space: str, ranks: Ranks = ALONE) -> list[dict]:
     """Each member's metrics, its samples featurised with the others': FD (FID in Inception's space), KID,
     precision/recall, and class coverage (a classifier's space) or the Inception Score. Every entry names
-    its feature space."""
+    its feature space. On several devices, computed on rank 0 (the others return {})."""
     classes = 0 if data.y is None or space != "classifier" else int(data.y.max()) + 1
     n_held = len(split(len(data))[1])
     results: list[dict] = [{} for _ in seeds]
@@ -124,9 +146,10 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
     ns = [min(AUTO_N if n == "auto" else n, len(data)) for n in ns]
     for n in sorted(set(ns)):  # members compared with as many real examples share a pass
         group = [j for j in range(len(seeds)) if ns[j] == n]
-        latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]
-        feats = torch.cat([features(net, x.flatten(0, 1)).view(len(group), x.shape[1], -1)
-                           for x in samples_in_chunks(sample, group, latents, data.device)], dim=1)  # (M', n, F)
+        latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]  # every rank: all of them
+        feats = shared_features(net, sample, group, latents, data.device, ranks)  # (M', n, F)
+        if not ranks.writes:
+            continue
         for j, f in zip(group, feats):
             out = metrics.image_metrics(real_reference(net, data, n), f, net.logits(f) if classes else None, classes)
             if space == "inception":

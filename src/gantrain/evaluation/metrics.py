@@ -36,8 +36,10 @@ def fd_and_kid(real: torch.Tensor, fake: torch.Tensor) -> dict:
 
     warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
     subset = min(1000, len(real), len(fake))
-    fd = FrechetInceptionDistance(feature=Precomputed(real.shape[1])).to(real.device)
-    kid = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subset_size=subset, subsets=50).to(real.device)
+    # the features are already every rank's (evaluate.shared_features): torchmetrics must not gather them again
+    fd = FrechetInceptionDistance(feature=Precomputed(real.shape[1]), sync_on_compute=False).to(real.device)
+    kid = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subset_size=subset, subsets=50,
+                                  sync_on_compute=False).to(real.device)
     torch.manual_seed(0)  # KID draws random subsets
     for metric in (fd, kid):
         metric.update(real, real=True)

@@ -231,6 +231,13 @@ class Trackers:
         except Exception as e:  # noqa: BLE001
             self.failed(name, e)
 
+    @classmethod
+    def none(cls) -> "Trackers":
+        """No tracker at all (a rank that writes nothing)."""
+        trackers = cls.__new__(cls)
+        trackers.live, trackers.logged_up_to = {}, {}
+        return trackers
+
     def ids(self) -> dict[str, str]:
         """{tracker: its run's id}, for the checkpoint: a resumed training continues these runs."""
         return {name: t.id for name, t in self.live.items() if t.id is not None}
