@@ -78,10 +78,10 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(tm
     assert done.returncode == 0, done.stderr
     rng = random.Random(1234)
     latest, kinds, in_write = None, [], 0  # the newest complete checkpoint on disk; how each kill ended; kills mid-write
-    for attempt in range(5):
+    for attempt in range(4):
         resume = [f"resume={latest}"] if latest else []
         proc = cli(tmp_path, f"hydra.run.dir=run{attempt}", *args, *resume, wait=False)
-        if attempt in (1, 3):  # aimed: the moment a checkpoint's temp file appears beside last.pt
+        if attempt in (1, 2):  # aimed: the moment a checkpoint's temp file appears beside last.pt
             temp = lambda: list((tmp_path / f"run{attempt}" / "checkpoints").glob(".last.pt.*.tmp"))
             deadline = time.monotonic() + 120
             while not temp() and proc.poll() is None and time.monotonic() < deadline:
@@ -104,7 +104,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(tm
             step = load_checkpoint(path)["step"]
             if latest is None or step > load_checkpoint(latest)["step"]:
                 latest = path
-    assert kinds.count(-signal.SIGKILL) >= 4  # the kills did land while runs were going
+    assert kinds.count(-signal.SIGKILL) >= 3  # the kills did land while runs were going
     assert in_write >= 1, "no kill landed inside a checkpoint write"
     if latest is None or load_checkpoint(latest)["epoch"] < 3:
         finish = cli(tmp_path, "hydra.run.dir=final", *args, *([f"resume={latest}"] if latest else []))

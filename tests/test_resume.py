@@ -117,7 +117,8 @@ def wandb_runs(run_dir):
 
 def test_a_training_killed_and_resumed_is_one_tracker_run_without_a_step_twice(tmp_path):
     """kill -9 after the run logged past its last.pt (epoch 1's): the resume trains those steps again, and
-    the trackers, which have them, skip them."""
+    the trackers, which have them, skip them (MLflow by its store; W&B, whose service loses what it had not
+    flushed, by metrics.csv)."""
     mlflow = require("mlflow", "trackers")
     require("wandb", "trackers")
     write_mnist(tmp_path / "data", n=600)

@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with command_environment():
         if cmd == "train":
-            from gantrain.commands.train import launched_as_ranks, run_as_rank
+            from gantrain.commands.train import run_as_rank
+            from gantrain.ranks import launched_as_ranks
 
-            if launched_as_ranks():  # torchrun started this process as one of several ranks
+            if launched_as_ranks():  # torchrun (or srun) started this process as one of several ranks
                 return run_as_rank(rest, run_app)
         return run_app(cmd, rest)
 

@@ -94,6 +94,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if not is_int(r1_every) or r1_every < 1:
         raise UserError(f"loss.r1_every must be an integer >= 1 (1 = R1 on every step), got {r1_every!r}; "
                         f"e.g. loss.r1_every=4")
+    timeout = cfg.trainer.get("dist_timeout_s", 600)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise UserError(f"trainer.dist_timeout_s must be a number of seconds > 0, got {timeout!r}; e.g. trainer.dist_timeout_s=600")
     if not is_int(cfg.trainer.threads) or cfg.trainer.threads < 0:
         raise UserError(f"trainer.threads must be an integer >= 0 (0 = torch's default), got {cfg.trainer.threads!r}")
     check_component_keys(cfg)

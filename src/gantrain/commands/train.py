@@ -1,26 +1,32 @@
 """gantrain train: one job, or one job of a multirun that a Hydra launcher runs (basic, joblib, submitit).
 Either way it trains as a stack of one member through the one loop (engine/).
 
-One run on several devices (torch.distributed): started by torchrun (or srun), every process is a rank, and
-only rank 0 runs Hydra: it composes the config, claims the run dir and shares the prepared job with the others
-(join_ranks, engine/jobs.follow). `trainer.devices=N` starts the N ranks itself: this process composes and
+One run on several devices (torch.distributed): started by torchrun, or by srun (one task per GPU, Slurm's
+variables exported as submitit's TorchDistributedEnvironment does), every process is a rank, and only rank 0
+runs Hydra: it composes the config, claims the run dir and shares the prepared job with the others
+(run_as_rank, engine/jobs.follow). `trainer.devices=N` starts the N ranks itself: this process composes and
 prepares the job, spawns N processes with torch.multiprocessing that meet through torch's env:// rendezvous on
 this machine, and waits for them, forwarding a stop signal.
 """
 import ctypes
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import tempfile
+import threading
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tqdm import tqdm
 
 from gantrain.config import check_sweeper, devices_of
 from gantrain.engine.jobs import Job, follow, job_shared, prepare, train, train_group
-from gantrain.ranks import Ranks, current
+from gantrain.ranks import RankLost, Ranks, current, export_slurm_environment, join
 from gantrain.errors import UserError, error_line
 from gantrain.outputs.status import job_status, read_status
 from gantrain.processes import console_logging, log_file
@@ -59,28 +65,17 @@ def launcher_settings(cfg, hydra_cfg) -> None:
 
 # ---- started by torchrun: every process is a rank -------------------------------------------------------
 
-def launched_as_ranks() -> bool:
-    """Whether torchrun (or another env:// launcher) started this process as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
-
-
-def join_ranks() -> Ranks:
-    """This process's place among the ranks of the environment (env://): the process group started, with NCCL
-    for CUDA tensors where there is a GPU and gloo for the CPU's."""
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method="env://")
-    return current()
-
-
 def run_as_rank(argv: list[str], run_app) -> int:
-    """`gantrain train ...` as one of R ranks (torchrun): rank 0 runs the command (run_app, Hydra and all), the
-    others follow the job it shares. Returns the exit status."""
+    """`gantrain train ...` as one of R ranks (torchrun, srun): rank 0 runs the command (run_app, Hydra and all),
+    the others follow the job it shares. Returns the exit status."""
     if {"-m", "--multirun"} & set(argv):
-        if int(os.environ["RANK"]) == 0:
-            print("gantrain train: error: -m under torchrun would run the sweep on every rank; start the sweep "
-                  "without torchrun (its jobs train as stacks), or train one run with torchrun", file=sys.stderr)
+        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+            print("gantrain train: error: -m under torchrun (or srun) would run the sweep on every rank; start the "
+                  "sweep without it (its jobs train as stacks), or train one run so", file=sys.stderr)
         return 1
-    ranks = join_ranks()
+    if "SLURM_STEP_ID" in os.environ:
+        export_slurm_environment()
+    ranks = join()
     if ranks.writes:
         code = run_app("train", argv)
         if not job_shared():
@@ -89,7 +84,10 @@ def run_as_rank(argv: list[str], run_app) -> int:
         try:
             follow(ranks)
             code = 0
-        except UserError:
+        except UserError as e:
+            if isinstance(e, RankLost):  # rank 0 may be the one that is gone: say it here too
+                print(f"gantrain train: error (rank {ranks.rank}): {e}", file=sys.stderr)
+                return 1
             code = 1  # rank 0 says why
     leave(ranks)
     return code
@@ -97,8 +95,11 @@ def run_as_rank(argv: list[str], run_app) -> int:
 
 def leave(ranks: Ranks) -> None:
     """Every rank at the end together, then the process group taken down (gloo aborts a process that leaves
-    while another is still working)."""
-    dist.barrier()
+    while another is still working). After a rank was lost there is no together: this one just goes."""
+    try:
+        ranks.wait()
+    except RankLost:
+        return
     dist.destroy_process_group()
 
 
@@ -119,8 +120,8 @@ def train_on_devices(cfg, run_dir, overrides: list[str], devices: int) -> float 
     if not prepare(job, False):
         return read_status(run_dir).get("metric")
     threads = cfg.trainer.threads or max(1, (os.cpu_count() or 1) // devices)
-    context = mp.get_context("spawn")
-    results = context.SimpleQueue()
+    handle, results = tempfile.mkstemp(prefix="gantrain-ranks-", suffix=".json")  # rank 0's outcome (no queue: a
+    os.close(handle)  # killed rank would leave its semaphore to multiprocessing's resource tracker, which says so)
     environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(devices)}
     log.info(f"trainer.devices={devices}: starting {devices} ranks on this machine")
     workers = mp.start_processes(rank_worker, args=(environment, job.described(), threads, results), nprocs=devices,
@@ -141,10 +142,16 @@ def train_on_devices(cfg, run_dir, overrides: list[str], devices: int) -> float 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    result = results.get() if not results.empty() else {}
+    result = json.loads(Path(results).read_text() or "{}")
+    Path(results).unlink(missing_ok=True)
     codes = [p.exitcode for p in workers.processes]
+    killed = [(r, c) for r, c in enumerate(codes) if c is not None and c < 0]
     if "error" in result:
         raise UserError(result["error"])
+    if killed:  # rank 0 itself, or one that died before rank 0 could say so
+        r, c = killed[0]
+        raise UserError(f"rank {r} of {devices} was killed ({signal.Signals(-c).name}); nothing was saved after the last "
+                        f"checkpoint; continue from it with resume=auto (or resume=<run dir>/checkpoints/last.pt)")
     stopped = next((c for c in codes if c and c > 128), None)
     if stopped:
         raise SystemExit(stopped)  # every rank saved what a resume needs: the command's usual stop
@@ -156,7 +163,7 @@ def train_on_devices(cfg, run_dir, overrides: list[str], devices: int) -> float 
     return result.get("metric")
 
 
-def rank_worker(index: int, environment: dict, described: dict, threads: int, results) -> None:
+def rank_worker(index: int, environment: dict, described: dict, threads: int, results: str) -> None:
     """One of the ranks trainer.devices started (spawned: a parent holding CUDA must not fork)."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the parent, which forwards it once
     try:  # and if the parent dies without a word, this rank stops as on SIGTERM (Linux)
@@ -164,7 +171,8 @@ def rank_worker(index: int, environment: dict, described: dict, threads: int, re
     except (OSError, AttributeError):
         pass
     os.environ.update(environment, RANK=str(index), LOCAL_RANK=str(index))
-    ranks = join_ranks()
+    tqdm.set_lock(threading.RLock())  # not its default multiprocessing lock: a killed rank would leak its semaphore
+    ranks = join()
     torch.set_num_threads(threads)
     job = Job.from_description(described)
     if ranks.writes:  # the lines and train.log a lone run's Hydra job logging writes
@@ -173,12 +181,12 @@ def rank_worker(index: int, environment: dict, described: dict, threads: int, re
     try:
         member = train_group([job])[0]
         if ranks.writes:
-            results.put({"metric": member.score, "failure": member.failure})
+            Path(results).write_text(json.dumps({"metric": member.score, "failure": member.failure}))
     except Exception as e:  # noqa: BLE001  (a user's mistake goes back as its one line; a bug keeps its traceback)
         line = error_line(e)
         if line is None:
             raise
         if ranks.writes:
-            results.put({"error": line})
+            Path(results).write_text(json.dumps({"error": line}))
         raise SystemExit(1) from None
     leave(ranks)

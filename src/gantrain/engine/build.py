@@ -123,6 +123,8 @@ def build_stack(configs: list, data: TensorData, num_classes: int, device: torch
     nets = [member_networks(c, data, num_classes, device) for c in configs]
     batch_norm = any(has_batch_statistics(net) for net in nets[0])
     check_ranks(cfg, ranks, batch_norm)
+    if cfg.trainer.get("sync_batchnorm", False):
+        nets = [sync_batchnorm(G, D, configs, device, ranks) for G, D in nets]
     optimizer = lookup("optim", cfg.optim.name)
     optim_kwargs = [kwargs_of(c.optim) for c in configs]
     skip, fast = cfg.on_nan == "skip", cfg.trainer.fast
@@ -140,6 +142,24 @@ def build_stack(configs: list, data: TensorData, num_classes: int, device: torch
     shapes = dict(batch_size=cfg.batch_size, latent_size=cfg.latent_size, n_critic=cfg.n_critic, num_classes=num_classes,
                   dtype=param_dtype(cfg.trainer.precision))
     return Stack(members, loss, augment, graphed(step) if graph else step, shapes, ranks, batch_norm)
+
+
+def sync_batchnorm(G: torch.nn.Module, D: torch.nn.Module, configs: list, device: torch.device, ranks: Ranks):
+    """trainer.sync_batchnorm=true: G's and D's BatchNorm normalise over the whole batch, every rank's slice
+    (torch's SyncBatchNorm), where torch supports it: on CUDA, in a lone run (it does not run under vmap), and
+    not where a penalty differentiates D twice through its BatchNorm (R1, WGAN-GP)."""
+    cfg = configs[0]
+    why = ("is for a run on several devices (trainer.devices, torchrun, srun): alone, BatchNorm sees the whole batch"
+           if ranks.alone else
+           "runs on CUDA only (torch's SyncBatchNorm); on the CPU each rank normalises over its own slice"
+           if device.type != "cuda" else
+           "runs in a lone run only (it does not run under torch.func's vmap, which trains a stack)" if len(configs) > 1 else
+           "cannot take the double backward of R1 or WGAN-GP through D's BatchNorm" if has_batch_statistics(D) and (
+               cfg.loss.name == "wgan_gp" or cfg.loss.get("r1_gamma", 0)) else None)
+    if why:
+        raise UserError(f"trainer.sync_batchnorm=true {why}; drop it")
+    return (torch.nn.SyncBatchNorm.convert_sync_batchnorm(G, process_group=ranks.group),
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(D, process_group=ranks.group))
 
 
 def check_ranks(cfg, ranks: Ranks, batch_norm: bool) -> None:

@@ -1,6 +1,7 @@
 """Jobs into stacks: each job is prepared (resume=auto, a checkpoint to continue from, its config checked),
 the jobs that may share a stack are grouped (plan.py), and each group trains in chunks that fit the
 device, through the one loop (loop.py). A lone `gantrain train` is one job in a stack of one."""
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,12 @@ class Job:
     def described(self) -> dict:
         """The prepared job as plain values, for the other ranks of a run on several devices (they never run Hydra)."""
         return {"cfg": OmegaConf.to_container(self.cfg, resolve=True), "run_dir": str(self.run_dir),
-                "overrides": self.overrides, "name": self.name, "logged_up_to": self.logged_up_to}
+                "overrides": self.overrides, "name": self.name, "own_log": self.own_log, "logged_up_to": self.logged_up_to}
 
     @classmethod
     def from_description(cls, d: dict) -> "Job":
-        job = cls(OmegaConf.create(d["cfg"]), Path(d["run_dir"]), d["overrides"], d["name"], logged_up_to=d["logged_up_to"])
+        job = cls(OmegaConf.create(d["cfg"]), Path(d["run_dir"]), d["overrides"], d["name"], d["own_log"],
+                  logged_up_to=d["logged_up_to"])
         job.ckpt = load_checkpoint(user_path(job.cfg.resume)) if job.cfg.resume else None  # each rank reads it
         return job
 
@@ -176,8 +178,8 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
     set_matmul_precision(cfg.trainer.precision)
-    # prepared (a folder decoded once) by rank 0; the others then map its copy
-    data = place(ranks.first(lambda: load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",)))), device)
+    data = place(load_on_ranks(lambda: load_data(cfg.data.name, **kwargs_of(cfg.data, paths=("root",))), ranks), device)
+    ranks = ranks.with_timeout(cfg.trainer.dist_timeout_s)  # the step's collectives: a rank gone ends the others
     if cfg.batch_size * cfg.n_critic > len(data):
         raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
                         f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
@@ -198,6 +200,33 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
     return members
 
 
+def load_on_ranks(load, ranks: Ranks) -> TensorData:
+    """The data set on every rank: rank 0 first (it prepares a folder, or finds the copy: a shared cache is then
+    found by everyone), then the first rank of every other machine (a cache of its own: found or prepared there),
+    then the others (found). Every rank must then hold the same examples: checked by a hash of their content."""
+    if ranks.alone:
+        return load()
+    data = load() if ranks.rank == 0 else None
+    ranks.wait()
+    if data is None and ranks.local == 0:
+        data = load()
+    ranks.wait()
+    data = load() if data is None else data
+    differ = ranks.differ(sample_hash(data))
+    if differ:
+        raise UserError(f"rank {differ[0]} holds other data than rank 0 ({len(data)} examples here): data.root names "
+                        f"another copy on its machine; give every machine the same files (or a shared data.root)")
+    return data
+
+
+def sample_hash(data: TensorData) -> bytes:
+    """A hash of 1,000 examples spread over the set, its size and shape: equal where two ranks hold the same set."""
+    rows = torch.linspace(0, len(data) - 1, min(len(data), 1000)).long()
+    h = hashlib.sha256(f"{len(data)} {tuple(data.shape)}".encode())
+    h.update(data.x[rows].cpu().contiguous().numpy().tobytes())
+    return h.digest()
+
+
 def rank_device(name: str, ranks: Ranks) -> torch.device:
     """The device this process trains on: device=..., or on several devices each rank its own GPU (cuda:LOCAL_RANK
     with device=auto or cuda), or the CPU."""
@@ -208,8 +237,9 @@ def rank_device(name: str, ranks: Ranks) -> torch.device:
                         f"own: use device=cuda (or auto)")
     if str(name) == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    torch.cuda.set_device(ranks.local)
-    return torch.device("cuda", ranks.local)
+    index = ranks.local % torch.cuda.device_count()  # under srun each task sees its own GPU only: cuda:0
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def place(data: TensorData, device: torch.device) -> TensorData:

@@ -69,7 +69,8 @@ def fit(stack, members: list[Member], data, num_classes: int, where: Where,
     seconds, first_step = {"steps": 0.0, outputs_are: 0.0}, where.step
     where_ = f"{device}" if ranks.alone else (
         f"{ranks.world} ranks ({device.type}), {cfg.batch_size // ranks.world} images each"
-        + (f"; BatchNorm statistics per rank ({cfg.batch_size // ranks.world} images)" if stack.batch_norm else ""))
+        + ("" if not stack.batch_norm else "; BatchNorm over the whole batch (SyncBatchNorm)" if cfg.trainer.get("sync_batchnorm")
+           else f"; BatchNorm statistics per rank ({cfg.batch_size // ranks.world} images)"))
     for m in members:
         m.say(f"training {cfg.model.name}/{cfg.loss.name} on {cfg.data.name} ({len(data)} examples, {steps_per_epoch} "
               f"steps/epoch) on {where_}, epochs {where.epoch + 1}..{cfg.epochs}; run dir {m.run_dir}")
@@ -234,6 +235,7 @@ class EpochOutputs:
             w.result()  # a failed write stops training here, as it would have unthreaded
         for k, png in pngs.items():
             members[k].tracker.image("samples", png, where.epoch)
+        self.ranks.wait()  # the others waited for rank 0's metrics and files without the step's timeout
 
 
 def finish(members: list[Member], where: Where, first_step: int, seconds: dict) -> None:

@@ -26,6 +26,8 @@ class StackedLauncherConf:
     _target_: str = "hydra_plugins.gantrain_launcher.stacked_launcher.StackedLauncher"
     executor: str = "local"  # local: here, one process per GPU | slurm: one Slurm job per stack (submitit)
     max_members: Optional[int] = None  # members per stack at most (null: as many as fit the device; Slurm: 64)
+    nodes: int = 1  # executor=slurm: machines per Slurm job, and
+    tasks_per_node: int = 1  # tasks (ranks, one per GPU) on each: each stack is one run over nodes x tasks ranks
     # executor=slurm: submitit's folder and its Slurm settings (submitit's AutoExecutor parameters)
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
     partition: Optional[str] = None
@@ -101,7 +103,7 @@ class StackedLauncher(Launcher):
             slurm = {(k if k in SUBMITIT_GENERIC else f"slurm_{k}"): v for k, v in settings.items()
                      if k in SLURM_KEYS and v not in (None, {}, [])}
             launch_stacks(jobs, settings["executor"], settings["max_members"], slurm, settings["submitit_folder"],
-                          settings["max_num_timeout"])
+                          settings["max_num_timeout"], settings["nodes"], settings["tasks_per_node"])
         finally:
             logging.getLogger().removeHandler(sweep_log)
             sweep_log.close()
