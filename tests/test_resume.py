@@ -23,7 +23,8 @@ def scripted(monkeypatch):
     the real metrics cannot be steered into 'better, then worse'."""
     scores: list[list] = []  # "stop": the run is stopped there, as by SIGTERM, before that epoch's checkpoint
 
-    def evaluate_stack(sample, data, data_name, latent_size, num_classes, seeds, ns, features, weights, ranks=None):
+    def evaluate_stack(sample, data, data_name, latent_size, num_classes, seeds, ns, features, weights, ranks=None,
+                       ref=None, ref_protocol=None):
         values = [scores[j].pop(0) for j in range(len(ns))]
         if "stop" in values:
             raise SystemExit(128 + signal.SIGTERM)

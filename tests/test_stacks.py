@@ -262,7 +262,8 @@ def test_every_config_key_is_honoured_per_member_or_splits_the_stack():
     lone runs (an optimizer's: the stacked-optimizer cases; the rest: CASES, the CLI sweep, the resume test)."""
     varied = {o.lstrip("+").split("=")[0] for _, second in CASES.values() for o in second}
     varied |= {"logger.csv", "logger.tensorboard", "resume"}  # the everything sweep varies the logger; resume=auto resumes a stack
-    varied |= {"eval.features", "eval.inception_weights"}  # test_inception: members in their own feature spaces
+    varied |= {"eval.features", "eval.inception_weights", "eval.ref", "eval.ref_protocol"}  # test_inception: members
+    # in their own feature spaces, and against their own statistics files
     for optimizer in (Adam, AdamW, SGD, RMSprop):
         differ = {key for opt, members in OPTIMIZER_CASES.values() if opt is optimizer for key in members[1]
                   if members[0].get(key) != members[1][key]}

@@ -73,6 +73,7 @@ def test_a_stack_logs_every_member_to_mlflow_wandb_and_tensorboard_at_once(cwd):
         assert [(m.step, round(m.value, 4)) for m in history] == [(int(r["step"]), round(float(r["g_loss"]), 4)) for r in rows]
         saved = json.loads((run_dir / "metrics.json").read_text())["metrics"]
         assert run.data.metrics["eval/fd"] == pytest.approx(saved["fd"]["value"])
+        assert run.data.tags["protocol/fd"].startswith("gantrain") and saved["fd"]["protocol"]["real"]["data"] in run.data.tags["protocol/fd"]
         files = {f.path for f in client.list_artifacts(run.info.run_id)} | {
             f.path for f in client.list_artifacts(run.info.run_id, "samples")}
         assert {"curves.png", "metrics.json", "samples/epoch_0001.png", "samples/epoch_0002.png"} <= files
@@ -88,7 +89,13 @@ def test_a_stack_logs_every_member_to_mlflow_wandb_and_tensorboard_at_once(cwd):
         assert g_loss == [(int(r["step"]), round(float(r["g_loss"]), 4)) for r in rows]
         assert any("eval/fd" in row for row in logged) and any("samples/path" in row for row in logged)
         assert next(r.exit for r in records if r.WhichOneof("record_type") == "exit").exit_code == 0
-        assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))  # and TensorBoard's events
+        summary = {i.key: i.value_json for r in records if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+        assert json.loads(summary["protocol/fd"]) == run.data.tags["protocol/fd"]  # the same card in each tracker
+        events, = run_dir.glob("tensorboard/events.out.tfevents.*")  # and TensorBoard's events, the card as text
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        board = EventAccumulator(str(events), size_guidance={"tensors": 0}).Reload()
+        assert "protocol/fd/text_summary" in board.Tags()["tensors"]
 
 
 def test_a_tracker_that_fails_is_one_warning_and_training_goes_on(cwd):

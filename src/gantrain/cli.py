@@ -28,6 +28,7 @@ COMMANDS = {
     "sample": "generate images from a checkpoint alone (ckpt=PATH)",
     "export": "the generator as one file plain torch or onnxruntime runs (ckpt=PATH format=torchscript|exported|onnx)",
     "eval": "metrics of a checkpoint: FD, KID, precision/recall, class coverage; modes for 2D (ckpt=PATH)",
+    "stats": "a data set's feature statistics as pytorch-fid's npz, for eval ref= (data=... out=stats.npz)",
     "prepare": "decode a folder of images once, for every later run (data.root=DIR data.image_size=64)",
     "report": "a table of a run or sweep dir's jobs, sorted by a metric; report.csv, report.png (PATH)",
     "cache": "what gantrain keeps in its cache (prepared data, feature networks); clear or prune it",
@@ -104,6 +105,13 @@ def prepare_app(cfg: DictConfig):
     return released_on_error(lambda: prepare_command(cfg))
 
 
+@hydra.main(config_path=CONF, config_name="stats", version_base=None)
+def stats_app(cfg: DictConfig):
+    from gantrain.commands.stats import stats_command
+
+    return released_on_error(lambda: stats_command(cfg))
+
+
 @hydra.main(config_path=CONF, config_name="export", version_base=None)
 def export_app(cfg: DictConfig):
     from gantrain.commands.export import export_command
@@ -111,7 +119,8 @@ def export_app(cfg: DictConfig):
     return released_on_error(lambda: export_command(cfg, run_dir_and_overrides()[0]))
 
 
-APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "prepare": prepare_app, "export": export_app}
+APPS = {"train": train_app, "sample": sample_app, "eval": eval_app, "prepare": prepare_app, "export": export_app,
+        "stats": stats_app}
 
 
 def strip_command_from_comp_line() -> str | None:

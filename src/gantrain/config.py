@@ -29,14 +29,23 @@ def check_sweeper(sweeper: str, cfg) -> None:
                         "return; set eval.enabled=true (or sweep a grid with the default sweeper)")
 
 
-def check_features(features, weights, prefix: str, points: bool) -> None:
-    """eval.features and eval.inception_weights (gantrain eval: features, inception_weights)."""
-    if features not in ("auto", "inception"):
-        raise UserError(f"{prefix}features must be auto or inception, got {features!r}; e.g. {prefix}features=inception")
-    if weights is not None and features != "inception":
+def check_features(ev, prefix: str, points: bool) -> None:
+    """eval.features, eval.inception_weights, eval.ref and eval.ref_protocol (gantrain eval: the same keys at
+    the top)."""
+    if ev.features not in ("auto", "inception"):
+        raise UserError(f"{prefix}features must be auto or inception, got {ev.features!r}; e.g. {prefix}features=inception")
+    if ev.inception_weights not in (None, "auto") and ev.features != "inception":
         raise UserError(f"{prefix}inception_weights is read only with {prefix}features=inception; add that, or drop it")
-    if features == "inception" and points:
+    if ev.features == "inception" and points:
         raise UserError(f"{prefix}features=inception judges images, and this data set holds 2D points; drop it")
+    ref, ref_protocol = ev.get("ref"), ev.get("ref_protocol")  # gantrain stats has neither
+    if ref_protocol and not ref:
+        raise UserError(f"{prefix}ref_protocol says how {prefix}ref's statistics file was made; add {prefix}ref=FILE.npz, or drop it")
+    if ref and points:
+        raise UserError(f"{prefix}ref is a statistics file for FID on images, and this data set holds 2D points; drop it")
+    if ref and ev.get("metric", "auto") == "kid":
+        raise UserError(f"{prefix}metric=kid needs the real images' features, and {prefix}ref gives FID only; "
+                        f"use {prefix}metric=auto or drop {prefix}ref")
 
 
 def devices_of(cfg, multirun: bool = False) -> int:
@@ -64,7 +73,7 @@ def check_train_config(cfg: DictConfig) -> None:
         raise UserError(f"ema_decay must be a number in [0, 1) (0 = off), got {cfg.ema_decay!r}; e.g. ema_decay=0.999")
     if cfg.eval.metric not in ("auto", "fd", "kid"):
         raise UserError(f"eval.metric must be auto, fd or kid, got {cfg.eval.metric!r}; e.g. eval.metric=fd")
-    check_features(cfg.eval.features, cfg.eval.inception_weights, "eval.", cfg.data.name in MIXTURES)
+    check_features(cfg.eval, "eval.", cfg.data.name in MIXTURES)
     logger_names(cfg.logger)
     if cfg.eval.n != "auto" and (not is_int(cfg.eval.n) or cfg.eval.n < 2):
         raise UserError(f"eval.n must be auto or an integer >= 2, got {cfg.eval.n!r}; e.g. eval.n=10000")

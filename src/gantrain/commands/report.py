@@ -11,6 +11,7 @@ from pathlib import Path
 from gantrain.commands.report_page import write_page
 from gantrain.commands.tables import as_table, console, fmt, write_csv
 from gantrain.errors import UserError, naming
+from gantrain.evaluation.protocol import describe, differences, footing
 from gantrain.outputs.curves import pyplot, read_metrics
 from gantrain.outputs.status import job_overrides, read_status
 
@@ -26,6 +27,8 @@ class Job:
     last: dict[str, float] = field(default_factory=dict)  # the final metrics.csv row
     metrics: dict[str, float] = field(default_factory=dict)  # eval metrics (metrics.json)
     features: str | None = None  # the feature space of its image metrics: classifier | contrastive | inception
+    cards: dict[str, dict] = field(default_factory=dict)  # each eval metric's protocol card (protocol.py)
+    sizes: dict[str, tuple] = field(default_factory=dict)  # each eval metric's (n_real, n_fake)
 
 
 def find_jobs(path: Path) -> list[Job]:
@@ -43,6 +46,8 @@ def find_jobs(path: Path) -> list[Job]:
             saved = json.loads((d / "metrics.json").read_text())["metrics"]
             job.metrics = {k: (math.inf if e["value"] is None else e["value"]) for k, e in saved.items()}
             job.features = next((e["features"] for e in saved.values() if "features" in e), None)
+            job.cards = {k: e["protocol"] for k, e in saved.items() if "protocol" in e}
+            job.sizes = {k: (e.get("n_real"), e.get("n_fake")) for k, e in saved.items()}
         jobs.append(job)
     return jobs
 
@@ -58,13 +63,42 @@ def sort_key(metric: str):
     return lambda j: (metric not in j.metrics, sign * j.metrics.get(metric, 0.0))
 
 
-def rows(jobs: list[Job], swept: list[str], metric_names: list[str]) -> list[dict]:
+def protocols(jobs: list[Job], metric: str | None) -> tuple[dict[str, str], list[str]]:
+    """Each job's protocol label (A, B, ... by the footing of its `metric`: feature network, weights, resize,
+    real side) and the lines that explain them: one per protocol, one when they differ (the jobs then rank
+    only within a label), one when n_real / n_fake differ (noted, not separated)."""
+    cards = {j.run_dir: j.cards.get(metric) for j in jobs if metric and j.cards.get(metric)}
+    labels: dict[str, str] = {}
+    for card in cards.values():
+        labels.setdefault(json.dumps(footing(card), sort_keys=True), chr(ord("A") + len(labels)))
+    by_job = {str(d): labels[json.dumps(footing(c), sort_keys=True)] for d, c in cards.items()}
+    legend = {labels[json.dumps(footing(c), sort_keys=True)]: describe(c) for c in cards.values()}
+    lines = [f"protocol {label}: {text}" for label, text in sorted(legend.items())]
+    differ = differences(list(cards.values()))
+    if differ:
+        lines.append(f"these jobs' {metric} were measured on different footing ({', '.join(differ)} differ): they are "
+                     f"ranked within each protocol (column protocol), never across")
+    ns = {j.sizes[metric] for j in jobs if metric in j.sizes}
+    if len(ns) > 1:
+        lines.append(f"note: {metric} was measured with different numbers of images (n_real, n_fake: "
+                     f"{', '.join(f'{a}, {b}' for a, b in sorted(ns))}); FID is biased upwards at smaller n")
+    return by_job, lines
+
+
+def with_cards(table_rows: list[dict], notes: list[str]) -> list[dict]:
+    """report.csv's rows: each with its protocol written out (a CSV has no legend)."""
+    legend = dict(line.removeprefix("protocol ").split(": ", 1) for line in notes if line.startswith("protocol "))
+    return [row | {"protocol_card": legend.get(row.get("protocol"), "")} if legend else row for row in table_rows]
+
+
+def rows(jobs: list[Job], swept: list[str], metric_names: list[str], labels: dict[str, str]) -> list[dict]:
     out = []
     for j in jobs:
         state = j.status.get("state", "unknown") + (f": {j.status['reason']}" if j.status.get("reason") else "")
         out.append({"job": j.run_dir.name, **{k: j.overrides.get(k, "") for k in swept}, "status": state,
                     "steps": int(j.last["step"]) if "step" in j.last else "",
-                    **{c: j.last.get(c, "") for c in TRAIN_COLUMNS}, **{m: j.metrics.get(m, "") for m in metric_names}})
+                    **{c: j.last.get(c, "") for c in TRAIN_COLUMNS}, **{m: j.metrics.get(m, "") for m in metric_names},
+                    **({"protocol": labels.get(str(j.run_dir), "")} if labels else {})})
     return out
 
 
@@ -185,10 +219,11 @@ def report_command(argv: list[str]) -> int:
     metric = args.metric or next((m for m in ("fid", "fd", "modes") if m in metric_names), None)
     if metric and metric not in metric_names:
         raise UserError(f"no job has metric {metric!r}; choose one of {', '.join(metric_names) or '(none: no eval ran)'}")
-    if metric:
-        jobs.sort(key=sort_key(metric))
+    labels, notes = protocols(jobs, metric)
+    if metric:  # the best first, within each protocol: numbers on different footing never interleave
+        jobs.sort(key=lambda j, by=sort_key(metric): (labels.get(str(j.run_dir), "") if len(set(labels.values())) > 1 else "", by(j)))
     swept = swept_keys(jobs)
-    table_rows, summary = rows(jobs, swept, metric_names), summary_rows(jobs, swept, metric_names)
+    table_rows, summary = rows(jobs, swept, metric_names, labels), summary_rows(jobs, swept, metric_names)
     spaces = sorted({j.features for j in jobs if j.features})  # an FD means something only within one of them
     title = (f"{path}: {len(jobs)} job(s)" + (f", sorted by {metric}" if metric else "")
              + (f"; image metrics in {' and '.join(spaces)} features" if spaces else ""))
@@ -197,16 +232,23 @@ def report_command(argv: list[str]) -> int:
         out.print(as_table(table_rows, title))
         if summary:
             out.print(as_table(summary, "mean ± std over seeds"))
+        for line in notes:
+            out.print(line, highlight=False, soft_wrap=True)
     elif args.format == "markdown":
-        print(f"**{title}**\n\n{as_markdown(table_rows)}" + (f"\n\n**mean ± std over seeds**\n\n{as_markdown(summary)}" if summary else ""))
+        print(f"**{title}**\n\n{as_markdown(table_rows)}" + (f"\n\n**mean ± std over seeds**\n\n{as_markdown(summary)}" if summary else "")
+              + "".join(f"\n\n{line}" for line in notes))
     elif args.format == "csv":
-        write_csv(table_rows, sys.stdout)
+        write_csv(with_cards(table_rows, notes), sys.stdout)
     else:
-        print(json.dumps({"path": str(path), "sorted_by": metric, "jobs": table_rows, "over_seeds": summary}, indent=2))
+        print(json.dumps({"path": str(path), "sorted_by": metric, "jobs": table_rows, "over_seeds": summary,
+                          "protocols": notes}, indent=2))
+    if args.format == "csv":
+        for line in notes:
+            print(line, file=sys.stderr)
     with naming(path / "report.csv"), open(path / "report.csv", "w", newline="") as f:
-        write_csv(table_rows, f)
+        write_csv(with_cards(table_rows, notes), f)
     plot(jobs, swept, metric, path / "report.png")
-    write_page(path / "report.html", title, table_rows, [(last_grid(j), caption(j, swept, metric)) for j in jobs])
+    write_page(path / "report.html", title, table_rows, notes, [(last_grid(j), caption(j, swept, metric)) for j in jobs])
     print(f"wrote {path / 'report.csv'}, {path / 'report.png'} and {path / 'report.html'}",
           file=sys.stdout if args.format == "table" else sys.stderr)
     return 0

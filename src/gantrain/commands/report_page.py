@@ -45,9 +45,9 @@ def embedded(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
-def write_page(path: Path, title: str, rows: list[dict], cards: list[tuple[Path | None, list[str]]]) -> None:
-    """rows: the table, one dict per job (every row has the same keys); cards: each job's last sample grid (or
-    None) and its caption lines, in the order shown."""
+def write_page(path: Path, title: str, rows: list[dict], notes: list[str], cards: list[tuple[Path | None, list[str]]]) -> None:
+    """rows: the table, one dict per job (every row has the same keys); notes: lines under it (the metrics'
+    protocols); cards: each job's last sample grid (or None) and its caption lines, in the order shown."""
     e = html.escape
     head = "".join(f"<th>{e(str(k))}</th>" for k in rows[0]) if rows else ""
     body = "".join("<tr>" + "".join(f"<td>{e(fmt(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
@@ -62,6 +62,7 @@ def write_page(path: Path, title: str, rows: list[dict], cards: list[tuple[Path 
 <p>Click a column's header to sort by it (a link to this page ending in #sort=NAME opens it so sorted).
 Below: each job's last sample grid, the best first.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{"".join(f'<p class="note">{e(line)}</p>' for line in notes)}
 <div class="grids">{figures}</div>
 <script>{SORT_SCRIPT}</script></body></html>
 """)

@@ -108,7 +108,7 @@ def folder(root: str, image_size: int = 64, channels: int = 3, labels: str = "au
     if str(in_memory) not in ("auto", "true", "false", "True", "False"):
         raise UserError(f"data.in_memory must be auto, true or false, got {in_memory!r}")
     images, y, classes = prepare_folder(root, image_size, channels, labels)
-    return from_uint8(images, y, classes=classes, in_memory=str(in_memory).lower())
+    return from_uint8(images, y, classes=classes, split="every image under data.root", in_memory=str(in_memory).lower())
 
 
 def gaussian_mixture(means: np.ndarray, std: float, n: int, seed: int) -> TensorData:

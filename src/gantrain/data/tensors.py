@@ -17,6 +17,7 @@ class TensorData:
     x: torch.Tensor
     y: torch.Tensor | None = None
     classes: list[str] | None = None
+    split: str = "train"  # which of its source's images these are (evaluations say what they compared with)
     in_memory: str = "true"  # what the reader was asked (data.in_memory): auto | true | false
     streamed: bool = False
     mapped: bool = False  # x is a memory-mapped file (a prepared copy)

@@ -19,7 +19,9 @@ from gantrain.engine.member import Member, Where
 from gantrain.engine.plan import free_bytes, member_bytes, plan
 from gantrain.engine.resume import auto_resume, carry_metrics, logged_up_to
 from gantrain.errors import UserError
-from gantrain.evaluation.evaluate import evaluable, feature_space
+from gantrain.evaluation.cards import network_card
+from gantrain.evaluation.evaluate import check_reference, evaluable, feature_space
+from gantrain.evaluation.stats_files import read_stats
 from gantrain.outputs.checkpoint import load_checkpoint
 from gantrain.outputs.status import job_status, read_status, write_status
 
@@ -184,9 +186,13 @@ def train_group(jobs: list[Job], stop_signals: tuple = STOP_SIGNALS) -> list[Mem
         raise UserError(f"batch_size={cfg.batch_size} (x n_critic={cfg.n_critic}) is larger than the data set "
                         f"({len(data)} examples); use batch_size<={len(data) // cfg.n_critic}")
     num_classes = classes_of(cfg, data)
-    for job in jobs:  # a missing or wrong Inception weights file fails now, not after training
-        if job.cfg.eval.enabled and job.cfg.eval.features == "inception":
-            feature_space(data, "inception", job.cfg.eval.inception_weights)
+    for job in jobs:  # a missing or wrong Inception weights or statistics file fails now, not after training
+        ev = job.cfg.eval
+        net = feature_space(data, "inception", ev.inception_weights)[0] if ev.enabled and ev.features == "inception" else None
+        if ev.enabled and ev.ref:
+            stats = read_stats(user_path(ev.ref), 2048 if net else None, ev.ref_protocol)
+            if net:
+                check_reference(stats, network_card(net, "inception"))
     k_max = len(jobs)
     if len(jobs) > 1:
         per_member = member_bytes(cfg, data.shape, num_classes)

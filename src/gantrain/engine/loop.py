@@ -216,14 +216,16 @@ class EpochOutputs:
         names = self.data.classes if self.num_classes else None
         states = {k: members[k].checkpoint_state(nets.member_state(k), where, None, self.data.shape, self.num_classes, names)
                   for k in sorted(set(keep) | set(evaluate))} if writes_files else {}
-        spaces: dict[tuple, list[int]] = {}  # members due, by the feature space they are judged in
+        spaces: dict[tuple, list[int]] = {}  # members due, by the feature space (and real side) they are judged in
         for k in evaluate:
-            spaces.setdefault((members[k].cfg.eval.features, members[k].cfg.eval.inception_weights), []).append(k)
-        for (features, weights), due in spaces.items():
+            ev = members[k].cfg.eval
+            spaces.setdefault((ev.features, ev.inception_weights, ev.ref, ev.ref_protocol), []).append(k)
+        for (features, weights, ref, ref_protocol), due in spaces.items():
             cfgs = [members[k].cfg for k in due]
             sample = lambda z, y, which, due=due: nets.sample(z, y, [due[j] for j in which])
             results = evaluate_stack(sample, self.data, cfgs[0].data.name, cfgs[0].latent_size, self.num_classes,
-                                     [c.seed for c in cfgs], [c.eval.n for c in cfgs], features, weights, self.ranks)
+                                     [c.seed for c in cfgs], [c.eval.n for c in cfgs], features, weights, self.ranks,
+                                     ref, ref_protocol)
             for k, result in zip(due, results):
                 if writes_files:
                     members[k].record_eval(result, states[k], where)

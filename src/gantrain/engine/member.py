@@ -17,6 +17,7 @@ from gantrain.errors import naming
 from gantrain.ranks import ALONE, Ranks
 from gantrain.engine.step import STATS
 from gantrain.evaluation.evaluate import headline, protocol, write_metrics
+from gantrain.evaluation.protocol import describe
 from gantrain.outputs import artifacts
 from gantrain.outputs.checkpoint import rng_state, save_checkpoint, set_rng_state
 from gantrain.outputs.tracking import Trackers
@@ -59,6 +60,7 @@ class Member:
         self.gen = torch.Generator(device).manual_seed(cfg.seed)  # data order, noise and the loss's draws
         self.alive, self.failure, self.score = True, None, None
         self.best = None  # the best evaluation so far: {score, epoch, step, protocol} (best_record)
+        self.notes: dict = {}  # the protocol of each metric, as last told to the trackers
         self.last_ckpt = f"{user_path(cfg.resume)}" if cfg.resume else None  # where a diverged run can resume from
         self.file_log = self.csv = None
         if writes:
@@ -119,6 +121,10 @@ class Member:
         self.score = score
         write_metrics(self.run_dir / "metrics.json", results, epoch=where.epoch, step=where.step)
         self.tracker.scalars({f"eval/{k}": v["value"] for k, v in results.items() if math.isfinite(v["value"])}, where.step)
+        notes = {f"protocol/{k}": describe(v["protocol"]) for k, v in results.items() if "protocol" in v}
+        if notes != self.notes:  # the tracker keeps the latest: told when it changes (once, in most runs)
+            self.tracker.notes(notes)
+            self.notes = notes
         first = next(iter(results.values()))
         self.say(f"eval at epoch {where.epoch}: " + ", ".join(f"{k} {v['value']:.4g}" for k, v in results.items())
                  + f" (n_real {first['n_real']}, n_fake {first['n_fake']}"

@@ -16,6 +16,9 @@ from gantrain.evaluation import metrics
 from gantrain import cache
 from gantrain.evaluation.features import content_hash, feature_net, keep, split
 from gantrain.evaluation.inception import inception_score, load_inception
+from gantrain.evaluation.cards import network_card, real_card
+from gantrain.evaluation.protocol import footing
+from gantrain.evaluation.stats_files import Stats, frechet_distance, mean_and_covariance, read_stats
 
 log = logging.getLogger("gantrain")
 PROTOCOL_POINTS = 2500  # the PacGAN / VEEGAN tables count modes on 2,500 samples
@@ -54,7 +57,7 @@ _references: dict[tuple, metrics.RealReference] = {}  # this process's real refe
 _inception: dict[tuple, torch.nn.Module] = {}  # this process's Inception networks, by (weights, device)
 
 
-def feature_space(data: TensorData, features: str, weights: str | None) -> tuple[torch.nn.Module, tuple | None, str]:
+def feature_space(data: TensorData, features: str, weights: str = "auto") -> tuple[torch.nn.Module, tuple | None, str]:
     """The network behind the image metrics, its held-out (score, what the score is) or None for Inception,
     and the name of its feature space: 'inception' (eval.features=inception), else the 'classifier' or
     'contrastive' encoder gantrain trains on the data set itself (features.py)."""
@@ -92,13 +95,14 @@ def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
 
 
 def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, num_classes: int,
-                   seeds: list[int], ns: list[int], features: str = "auto", weights: str | None = None,
-                   ranks: Ranks = ALONE) -> list[dict]:
+                   seeds: list[int], ns: list[int], features: str = "auto", weights: str = "auto",
+                   ranks: Ranks = ALONE, ref: str | None = None, ref_protocol: str | None = None) -> list[dict]:
     """Metrics of M generators: sample(z (M, n, latent), y, members) -> their samples (M, n, ...), member j
     drawing its latents from seeds[j] and compared with the same ns[j] real examples as every other
     evaluation (2D mixtures: the protocol's 2,500 points). Mode counts for the 2D mixtures; for images FD,
     KID, precision/recall and class coverage in gantrain's own features, or FID, KID, precision/recall and
-    the Inception Score in Inception's (features=inception, weights: its file). On several devices (ranks)
+    the Inception Score in Inception's (features=inception, weights: its file). ref: a statistics file
+    (stats_files.py) to compute FD / FID against instead of the data's real images. On several devices (ranks)
     every rank featurises its share of the samples and rank 0 computes the metrics (the others get {})."""
     if data.x.dim() == 2:
         if data_name not in MIXTURES or not ranks.writes:  # 2,500 points: not worth sharing out
@@ -108,8 +112,25 @@ def evaluate_stack(sample, data: TensorData, data_name: str, latent_size: int, n
             points = torch.cat(list(samples_in_chunks(sample, list(range(len(seeds))), latents, data.device)), dim=1)
         return [metrics.mixture_metrics(data_name, p, n_real=len(data)) for p in points]
     net, score, space = ranks.first(lambda: feature_space(data, features, weights))  # trained (and cached) once
+    stats = None if ref is None else read_stats(Path(ref).expanduser(), num_features(net, data), ref_protocol)
     with torch.no_grad():
-        return image_results(sample, data, latent_size, num_classes, seeds, ns, net, score, space, ranks)
+        return image_results(sample, data, data_name, latent_size, num_classes, seeds, ns, net, score, space, ranks, stats)
+
+
+def check_reference(stats: Stats, card: dict) -> None:
+    """A statistics file gantrain wrote says its feature network: it must be this evaluation's (`card`)."""
+    made = stats.protocol if isinstance(stats.protocol, dict) else {}
+    if made and (made.get("features"), made.get("weights_sha256")) != (card["features"], card["weights_sha256"]):
+        raise UserError(f"{stats.path} was written by gantrain stats in {made.get('features')} features (weights sha256 "
+                        f"{str(made.get('weights_sha256'))[:12]}), and this evaluation uses {card['features']} features "
+                        f"(weights sha256 {card['weights_sha256'][:12]}): an FD between them means nothing; write the "
+                        f"file again with these features and weights")
+
+
+def num_features(net, data: TensorData) -> int:
+    """How many features the network gives (a statistics file must hold as many)."""
+    with torch.no_grad():
+        return net(data.floats(torch.arange(1))).shape[1]
 
 
 def shared_features(net, sample, group: list[int], latents: list[tuple], device, ranks: Ranks) -> torch.Tensor:
@@ -131,19 +152,41 @@ def shared_features(net, sample, group: list[int], latents: list[tuple], device,
     return torch.cat([every[r, :bounds[r + 1] - bounds[r]] for r in range(ranks.world)]).transpose(0, 1)
 
 
-def image_results(sample, data: TensorData, latent_size: int, num_classes: int, seeds: list[int], ns: list[int],
-                  net, score: tuple | None, space: str, ranks: Ranks = ALONE) -> list[dict]:
+_said: set[str] = set()  # what this process has explained once
+
+
+def say_once(line: str) -> None:
+    if line not in _said:
+        _said.add(line)
+        log.info(line)
+
+
+def image_results(sample, data: TensorData, data_name: str, latent_size: int, num_classes: int, seeds: list[int],
+                  ns: list, net, score: tuple | None, space: str, ranks: Ranks = ALONE, stats: Stats | None = None) -> list[dict]:
     """Each member's metrics, its samples featurised with the others': FD (FID in Inception's space), KID,
-    precision/recall, and class coverage (a classifier's space) or the Inception Score. Every entry names
-    its feature space. On several devices, computed on rank 0 (the others return {})."""
+    precision/recall, and class coverage (a classifier's space) or the Inception Score; against a statistics
+    file, FD / FID alone (KID and precision/recall need the real images' features). Every entry carries its
+    protocol card (protocol.py). On several devices, computed on rank 0 (the others return {})."""
     classes = 0 if data.y is None or space != "classifier" else int(data.y.max()) + 1
     n_held = len(split(len(data))[1])
+    with_is = space == "inception" and net.weights.has_output
+    if space == "inception" and not with_is:
+        say_once(f"eval: no Inception Score: {net.weights.path.name} holds the network's features only, not the "
+                 f"output layer the score needs (torch-fidelity's, pytorch-fid's or clean-fid's file has it)")
+    if stats is not None:
+        say_once(f"eval: {'FID' if space == 'inception' else 'FD'} against {stats.path.name} (protocol: "
+                 f"{stats.protocol if isinstance(stats.protocol, str) else 'gantrain stats'}); KID and precision/recall "
+                 f"need real images' features, which a statistics file does not hold (drop ref to get them)")
     results: list[dict] = [{} for _ in seeds]
     asked = [n for n in ns if n != "auto"]
-    if asked and max(asked) > len(data):
+    if stats is None and asked and max(asked) > len(data):
         log.info(f"eval: n={max(asked)} is more than the data set's {len(data)} examples: {len(data)} generated images "
                  f"are compared with {len(data)} real ones")
-    ns = [min(AUTO_N if n == "auto" else n, len(data)) for n in ns]
+    limit = len(data) if stats is None else float("inf")  # a statistics file needs no real images of the data
+    ns = [min(AUTO_N if n == "auto" else n, limit) for n in ns]
+    card = network_card(net, space)
+    if stats is not None:
+        check_reference(stats, card)
     for n in sorted(set(ns)):  # members compared with as many real examples share a pass
         group = [j for j in range(len(seeds)) if ns[j] == n]
         latents = [eval_latents(n, latent_size, num_classes, seeds[j]) for j in group]  # every rank: all of them
@@ -151,12 +194,23 @@ def image_results(sample, data: TensorData, latent_size: int, num_classes: int, 
         if not ranks.writes:
             continue
         for j, f in zip(group, feats):
-            out = metrics.image_metrics(real_reference(net, data, n), f, net.logits(f) if classes else None, classes)
+            if stats is None:
+                out = metrics.image_metrics(real_reference(net, data, n), f, net.logits(f) if classes else None, classes)
+                cards = dict.fromkeys(out, card | real_card(data_name, data, n))
+            else:
+                out = {"fd": metrics.entry(frechet_distance(stats.mu, stats.sigma, *mean_and_covariance(f)), stats.n or 0, n)}
+                out |= metrics.class_coverage(net.logits(f), classes, 0) if classes else {}
+                cards = dict.fromkeys(out, card | stats.card())
             if space == "inception":
-                out = {("fid" if name == "fd" else name): value for name, value in out.items()} | inception_score(net.logits(f))
+                out = {("fid" if name == "fd" else name): value for name, value in out.items()}
+                cards = {("fid" if name == "fd" else name): c for name, c in cards.items()}
+                if with_is:
+                    out |= inception_score(net.logits(f))
+                    cards["is"] = network_card(net, space, with_output=True)
             else:
                 out["feature_net_accuracy"] = metrics.entry(score[0], n_held, 0, note=score[1])
-            results[j] = {name: {**value, "features": space} for name, value in out.items()}
+                cards["feature_net_accuracy"] = card
+            results[j] = {name: {**value, "features": space, "protocol": cards[name]} for name, value in out.items()}
     return results
 
 
@@ -180,7 +234,7 @@ def protocol(results: dict, metric: str = "auto") -> dict:
         return {"metric": "modes", "n_fake": results["modes"]["n_fake"]}
     name = ("fid" if "fid" in results else "fd") if metric in ("auto", "fd") else metric
     entry = results[name]
-    return {"metric": name, **{k: entry[k] for k in ("features", "weights", "n_real", "n_fake") if k in entry}}
+    return {"metric": name, **footing(entry.get("protocol", {})), "n_real": entry["n_real"], "n_fake": entry["n_fake"]}
 
 
 def write_metrics(path: Path, results: dict, **context) -> None:

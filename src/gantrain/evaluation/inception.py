@@ -1,38 +1,53 @@
 """The FID Inception network (eval.features=inception): the numbers papers, StudioGAN's tables and pytorch-fid
-report, through torch-fidelity's port of the TensorFlow graph (which matches the original numbers).
-
-The weights file is torch-fidelity's; gantrain never downloads it, and reads it with weights_only=True only
-(torch-fidelity's own loader would unpickle anything). Its 2048 pool features feed FID, KID and precision /
-recall; its unbiased logits the Inception Score.
+report, through torch-fidelity's port of the TensorFlow graph (which matches the original numbers), on weights
+from any of the files that carry them (inception_weights.py). Its 2048 pool features feed FID, KID and
+precision / recall; its unbiased logits the Inception Score (when the file has the output layer).
 """
-import hashlib
 import io
-from pathlib import Path
+import logging
+from functools import cache
 
 import torch
 from torch import nn
 
 from gantrain.errors import UserError
+from gantrain.evaluation.inception_weights import FID_INCEPTION_FEATURES as FID_NETWORK, Weights, find_weights, read_weights
 from gantrain.evaluation.metrics import entry
-from gantrain.outputs.checkpoint import load_safely
 
-WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
+log = logging.getLogger("gantrain")
 BATCH = 64  # images per pass: each is resized to 299x299, so a pass of 64 takes ~1.5 GB
+RESIZE = "to 299x299 inside the network, TensorFlow-exact bilinear (a non-square image is stretched), from 8-bit pixels"
 
 
-def default_weights() -> Path:
-    """Where torch-fidelity (and torchmetrics) keep the file: torch's hub cache."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
+@cache
+def network_class():
+    """torch-fidelity's network, built without its file: its constructor loads what torch.load gives it, and is
+    given None, which is skipped; the mapped tensors are then loaded (strictly) like any state dict."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        raise UserError("eval.features=inception needs torch-fidelity: pip install 'gantrain[inception]' "
+                        "(or pip install torch-fidelity)") from None
+
+    class TorchFidelityInception(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None if state_dict is None else super().load_state_dict(state_dict, strict, assign)
+
+    return TorchFidelityInception
 
 
-def read_weights(path: Path) -> dict:
-    """The file's tensors, loaded with weights_only=True; anything else is a one-line UserError."""
-    fix = f"pass eval.inception_weights=PATH to torch-fidelity's {WEIGHTS_NAME}"
-    state = load_safely(path, "weights file", refused=fix, corrupt=fix)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state dict of tensors; {fix}")
-    return state
+def build_network(device="cpu") -> nn.Module:
+    nothing = io.BytesIO()
+    torch.save(None, nothing)
+    nothing.seek(0)
+    with torch.device(device):
+        return network_class()("inception-v3-compat", ["2048"], feature_extractor_weights_path=nothing)
+
+
+def implementation() -> str:
+    from torch_fidelity import __version__
+
+    return f"torch-fidelity {__version__} FeatureExtractorInceptionV3"
 
 
 class InceptionFeatures(nn.Module):
@@ -40,10 +55,11 @@ class InceptionFeatures(nn.Module):
     Inception Score uses. Images are rounded to 8 bits as a PNG of them would be, grey ones repeated to RGB,
     and resized to 299x299 inside (torch-fidelity's TensorFlow-exact bilinear resize)."""
 
-    def __init__(self, extractor: nn.Module, weights_hash: str):
+    def __init__(self, extractor: nn.Module, weights: Weights):
         super().__init__()
         self.extractor = extractor
-        self.weights_hash = weights_hash  # which weights: cached real features are only reused with the same
+        self.weights = weights
+        self.weights_hash = weights.features_sha256[:16]  # cached real features are only reused with the same
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -55,31 +71,23 @@ class InceptionFeatures(nn.Module):
         return feats @ self.extractor.fc.weight.T  # torch-fidelity's 'logits_unbiased': the fc layer without its bias
 
 
+def weights_of(weights: str | None) -> Weights:
+    """eval.inception_weights (a file, or auto: the first found where inception_weights.candidates() looks),
+    read onto torch-fidelity's network."""
+    network_class()  # torch-fidelity installed, before any file is looked for
+    return read_weights(find_weights(weights), build_network("meta").state_dict())
+
+
 def load_inception(weights: str | None, device: torch.device) -> InceptionFeatures:
-    """The FID Inception network from eval.inception_weights (None: torch's hub cache), on `device`."""
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError:
-        raise UserError("eval.features=inception needs torch-fidelity: pip install 'gantrain[inception]' "
-                        "(or pip install torch-fidelity)") from None
-    path = Path(weights).expanduser() if weights else default_weights()
-    if not path.is_file():
-        raise UserError(f"eval.features=inception needs the FID Inception weights {WEIGHTS_NAME} (91 MB), not found at "
-                        f"{path}; on a machine with internet: python -c \"import torch; torch.hub.download_url_to_file("
-                        f"'{WEIGHTS_URL}', '{default_weights()}')\", then copy it there or pass eval.inception_weights=PATH")
-    state = read_weights(path)
-    buffer = io.BytesIO()  # tensors only, re-serialised: torch-fidelity's loader then sees nothing but them
-    torch.save(state, buffer)
-    weights_hash = hashlib.sha256(buffer.getbuffer()).hexdigest()[:16]
-    buffer.seek(0)
-    try:
-        extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer)
-    except RuntimeError as e:  # load_state_dict: other keys or shapes
-        detail = next((line.strip() for line in str(e).splitlines() if "Missing" in line or "Unexpected" in line
-                       or "size mismatch" in line), str(e).splitlines()[0])
-        raise UserError(f"{path} is not the FID Inception network ({detail[:120]}); "
-                        f"pass eval.inception_weights=PATH to torch-fidelity's {WEIGHTS_NAME}") from None
-    return InceptionFeatures(extractor, weights_hash).to(device).eval()
+    """The FID Inception network on `device`, its weights from eval.inception_weights."""
+    read = weights_of(weights)
+    if not read.recognised:
+        log.warning(f"eval: {read.path} holds Inception weights gantrain does not recognise (features sha256 "
+                    f"{read.features_sha256[:16]}, not the FID network's {FID_NETWORK[:16]}): its numbers are not "
+                    f"comparable with published FIDs")
+    extractor = build_network()
+    extractor.load_state_dict(read.state)
+    return InceptionFeatures(extractor.eval(), read).to(device)
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> dict:

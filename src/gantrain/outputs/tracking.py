@@ -59,6 +59,9 @@ class Tracker:
     def image(self, tag: str, png: Path, step: int) -> None:
         pass
 
+    def notes(self, values: dict[str, str]) -> None:
+        """Text beside the numbers, e.g. {"protocol/fid": "torch-fidelity 0.3.0 ...; real: ..."}: the latest holds."""
+
     def finish(self, how: str) -> None:
         """The run ends (finished, failed, interrupted or preempted): its files (curves.png, metrics.json, where its checkpoint is) go with it."""
 
@@ -81,6 +84,10 @@ class TensorBoard(Tracker):
 
         with Image.open(png) as img:
             self.writer.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
+
+    def notes(self, values: dict[str, str]) -> None:
+        for tag, text in values.items():
+            self.writer.add_text(tag, text)
 
     def finish(self, how: str) -> None:
         self.writer.close()
@@ -134,6 +141,10 @@ class MLflow(Tracker):
     def image(self, tag: str, png: Path, step: int) -> None:
         self.client.log_artifact(self.id, str(png), tag)
 
+    def notes(self, values: dict[str, str]) -> None:
+        for tag, text in values.items():  # tags, not params: a resumed run may measure under another protocol
+            self.client.set_tag(self.id, tag, text[:5000])
+
     def finish(self, how: str) -> None:
         for name in ("curves.png", "metrics.json"):
             if (self.run_dir / name).exists():
@@ -168,6 +179,9 @@ class WandB(Tracker):
 
     def image(self, tag: str, png: Path, step: int) -> None:
         self.run.log({tag: self.wandb.Image(str(png))}, step=self.last_step)  # W&B's steps only go forward
+
+    def notes(self, values: dict[str, str]) -> None:
+        self.run.summary.update(values)
 
     def finish(self, how: str) -> None:
         if (self.run_dir / "curves.png").exists():
@@ -250,6 +264,9 @@ class Trackers:
 
     def image(self, tag: str, png: Path, step: int) -> None:
         self.call("image", tag, png, step)
+
+    def notes(self, values: dict[str, str]) -> None:
+        self.call("notes", values)
 
     def finish(self, how: str = "finished") -> None:
         self.call("finish", how)
