@@ -12,13 +12,16 @@
 #    (torch's peak allocation) against the launcher's estimate;
 # 7. ranks: one run on several devices -- a 1-rank run under torchrun (NCCL's process group), 2 gloo ranks on
 #    cuda:0 equal to 1 rank in float64, and where N > 1 GPUs are visible the N-GPU scaling of dcgan64 and
-#    sngan128 and SyncBatchNorm across GPUs; it prints what it could not check.
+#    sngan128 and SyncBatchNorm across GPUs; it prints what it could not check;
+# 8. inception: bench_inception (images/s of the FID Inception network) and a 50,000-sample FID: gantrain stats
+#    of 50,000 real images, then gantrain eval n=50000 ref= against them (needs torch-fidelity; weights from
+#    eval.inception_weights=auto, else random ones of the same shape: the timings hold, the values are no FIDs).
 # Where gantrain is not installed (a bare GPU machine with torch), it runs from the checkout: src/ and any
 # pure-Python packages copied into .devsite/ go on PYTHONPATH (the GPU image has torch, torchmetrics, rich,
 # matplotlib; copy hydra, omegaconf, antlr4 and mlxtend from .venv's site-packages into an ignored .devsite/
 # and carry it). DEVICE=cpu MEMBERS=4 STEPS=20 tries it here.
 # Knobs: SET="trainer.precision=tf32" (overrides for the benchmark and the sweep), SWEEP_SET="eval.enabled=false"
-# (the sweep only), SKIP="bench_sweep tests bench_train bench_data bench_sizes ranks", SIZE_STEPS, PROFILE=1 (the stacked step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
+# (the sweep only), SKIP="bench_sweep tests bench_train bench_data bench_sizes ranks inception", SIZE_STEPS, PROFILE=1 (the stacked step's top kernels), MIN_RATE, SWEEP_LIMIT, TESTS, TEST_LIMIT.
 set -u
 work=${1:-/tmp/gpu_checks}  # data and run dirs (large)
 results=${2:-$work/results}  # the report, a member's curves and samples
@@ -110,5 +113,31 @@ print(f'2 gloo ranks on cuda:0 vs 1 rank, float64: largest relative gap {gap:.2e
         echo "NOT CHECKED here (one GPU): multi-GPU scaling, SyncBatchNorm across GPUs, NCCL collectives between GPUs"
     fi
     echo "NOT CHECKED by this script: NCCL across nodes (multi-node), a rank lost over NCCL (its watchdog's timeout)"
+}
+stage "inception: the FID network's cost, and one 50,000-sample FID"
+skip inception || {
+    weights=auto
+    if ! python3 -c "from gantrain.evaluation.inception_weights import find_weights; find_weights('auto')" 2>/dev/null; then
+        weights="$work/random_inception.pth"  # the 87 MB weights file is over what a call carries: same shape, random
+        python3 -c "
+import torch; from gantrain.evaluation.inception import build_network
+torch.manual_seed(0); torch.save(build_network().state_dict(), '$weights')" \
+            && echo "no FID Inception weights here: timing random weights of the same network (values are not FIDs)"
+    fi
+    [ "$weights" = auto ] && python3 benchmarks/bench_inception.py --device "$device" --n 5000
+    ckpt=$(ls "$work"/sweep/0/checkpoints/last.pt 2>/dev/null || true)
+    if [ -n "$ckpt" ]; then
+        rm -f "$work/mnist60k_50k.npz"
+        start=$SECONDS
+        python3 -m gantrain stats data=mnist "data.root=$data" n=50000 "inception_weights=$weights" device="$device" \
+            "out=$work/mnist60k_50k.npz" 2>&1 | grep -v "it/s" | tail -2
+        echo "stats of 50,000 real images: $((SECONDS - start)) s"
+        start=$SECONDS
+        python3 -m gantrain eval "ckpt=$ckpt" features=inception "inception_weights=$weights" n=50000 device="$device" \
+            "ref=$work/mnist60k_50k.npz" "out=$work/fid50k" 2>&1 | tail -8
+        echo "FID of 50,000 samples against the statistics file: $((SECONDS - start)) s"
+    else
+        echo "NOT CHECKED: no checkpoint of the sweep (stage 2) to take 50,000 samples from"
+    fi
 }
 stage "done"

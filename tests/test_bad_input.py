@@ -120,6 +120,11 @@ TRAIN_CASES = {
     "batch larger than data": (["batch_size=100000"], "batch_size=100000 (x n_critic=1) is larger than the data set (5000"),
     "bad override syntax": (["epochs=[1,"], "overrides look like key=value"),
     "unwritable run dir": (["hydra.run.dir=existing.txt/run"], "file system error on"),
+    "ref_protocol without ref": (["eval.ref_protocol=clean"], "eval.ref_protocol says how eval.ref's statistics file was made"),
+    "missing statistics file": (["eval.ref=nope.npz"], "no statistics file at"),
+    "statistics file not an npz": (["eval.ref=existing.txt"], "is not a readable .npz"),
+    "kid against a statistics file": (["eval.ref=nope.npz", "eval.metric=kid"], "eval.metric=kid needs the real images' features"),
+    "ref for points": (["data=ring8", "eval.ref=nope.npz"], "eval.ref is a statistics file for FID on images"),
 }
 if not torch.cuda.is_available():
     TRAIN_CASES["cuda without a gpu"] = (["device=cuda"], "device=cuda but torch sees no CUDA GPU")
@@ -184,6 +189,16 @@ def test_resume_refuses_a_different_network(tmp_path, good_ckpt, override, expec
     before = snapshot(good_ckpt.parent)
     result = run_cli("train", f"resume={good_ckpt}", "epochs=3", override, cwd=tmp_path)
     assert_one_clear_failure(result, expected, before, good_ckpt.parent)
+
+
+def test_stats_bad_options(tmp_path):
+    (tmp_path / "taken.npz").write_bytes(b"statistics written earlier")  # never overwritten
+    before = snapshot(tmp_path)
+    for args, expected in (([], "out is required"), (["out=taken.npz"], "exists, and gantrain stats never overwrites"),
+                           (["out=s.npz", "n=1"], "n must be all or an integer >= 2"),
+                           (["out=s.npz", "data=ring8"], "features=inception judges images, and this data set holds 2D points"),
+                           (["out=s.npz", "features=clip"], "features must be auto or inception, got 'clip'")):
+        assert_one_clear_failure(run_cli("stats", *args, cwd=tmp_path), expected, before, tmp_path)
 
 
 def test_sample_bad_options(tmp_path, good_ckpt):

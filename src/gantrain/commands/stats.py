@@ -4,6 +4,7 @@ clean-fid) say what they compared with."""
 import logging
 
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from gantrain.components.data import load_data
@@ -20,6 +21,8 @@ log = logging.getLogger("gantrain")
 
 def stats_command(cfg) -> None:
     console_logging()
+    if OmegaConf.is_missing(cfg, "out") or not cfg.out:
+        raise UserError("out is required: the .npz to write, e.g. gantrain stats data=mnist_sample out=mnist_sample.npz")
     out = user_path(cfg.out)
     if out.exists():
         raise UserError(f"{out} exists, and gantrain stats never overwrites a file; pass another out= or remove it")

@@ -79,7 +79,12 @@ def read_stats(path: Path, num_features: int | None, ref_protocol: str | None = 
     symmetric (a singular one is normal: fewer images than features). Anything else is one line.
     num_features None: any size (checked again once the network is known)."""
     if not path.is_file():
-        raise UserError(f"ref={path}: no such file; pass a statistics .npz (gantrain stats writes one)")
+        raise UserError(f"no statistics file at {path}; pass a statistics .npz as ref= (eval.ref= in training; gantrain "
+                        f"stats writes one)")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((b"PK\x03\x04", b"\x93NUMPY")):  # np.load takes anything else for a pickle
+        raise UserError(f"{path} is not a readable .npz (no numpy or zip header); pass a statistics file with {LAYOUT}")
     try:
         with np.load(path, allow_pickle=False) as f:
             if not hasattr(f, "files"):
