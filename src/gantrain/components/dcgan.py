@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from gantrain.components.layers import SNConv2d, SNLinear, SpectralNorm
-from gantrain.components.networks import is_image, nearest_shapes, not_images
+from gantrain.components.networks import check_image_shape
 from gantrain.components.registry import register
-from gantrain.errors import UserError
 
 
 def paper_start(height: int, width: int) -> tuple[int, int] | None:
@@ -158,13 +157,8 @@ class SmallDCGANDiscriminator(nn.Module):
 def dcgan(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0,
           spectral_norm: bool = False):
     """DCGAN: the paper's doubling pair at 32, 64, 128, ... (and 64x48, 128x64, ...); a small pair at other sides divisible by 4."""
-    if not is_image(data_shape):
-        raise not_images("dcgan", data_shape)
-    if not takes(*data_shape[1:]):
-        shape = "x".join(map(str, data_shape[1:]))
-        raise UserError(f"model=dcgan takes images whose height and width are divisible by 4 (the paper's layout where "
-                        f"the longer side is 32, 64, 128, ...), got {shape}; nearest it takes: "
-                        f"{nearest_shapes(data_shape, takes)} (data.image_size=[H,W]), or use model=mlp")
+    check_image_shape("dcgan", data_shape, takes, "images whose height and width are divisible by 4 (the paper's "
+                      "layout where the longer side is 32, 64, 128, ...)")
     channels = max(hidden_size // 4, 1)  # hidden_size=256 -> 64 base channels, as in the DCGAN paper
     paper = paper_start(*data_shape[1:]) is not None
     G, D = (DCGANGenerator, DCGANDiscriminator) if paper else (SmallDCGANGenerator, SmallDCGANDiscriminator)

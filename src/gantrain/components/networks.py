@@ -26,6 +26,17 @@ def not_images(model: str, shape: tuple[int, ...]) -> UserError:
                      f"use model=mlp")
 
 
+def check_image_shape(model: str, shape: tuple[int, ...], takes, what: str) -> None:
+    """An image network's refusal of points, or of a (C, H, W) whose (H, W) takes(H, W) rejects: one line saying
+    `what` it takes, the three nearest shapes it does take, and the way out."""
+    if not is_image(shape):
+        raise not_images(model, shape)
+    if not takes(*shape[1:]):
+        got = "x".join(map(str, shape[1:]))
+        raise UserError(f"model={model} takes {what}; got {got}; nearest it takes: {nearest_shapes(shape, takes)} "
+                        f"(data.image_size=[H,W]), or use model=mlp")
+
+
 def nearest_shapes(shape: tuple[int, ...], takes, count: int = 3) -> str:
     """The `count` image sizes nearest to shape's (C, H, W) that takes(H, W) accepts, as '64x48, 64x64, ...'
     (for a one-line refusal)."""

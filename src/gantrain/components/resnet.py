@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gantrain.components.layers import SNConv2d, SNLinear
-from gantrain.components.networks import is_image, nearest_shapes, not_images
+from gantrain.components.networks import check_image_shape
 from gantrain.components.registry import register
-from gantrain.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -139,14 +138,9 @@ class ResNetDiscriminator(nn.Module):
 @register("model", "resnet")
 def resnet(data_shape: tuple[int, ...], latent_size: int, hidden_size: int, num_classes: int = 0):
     """SNGAN's residual G (BatchNorm) and D (spectral norm): CIFAR-10's at 28 and 32 px, STL-10's at 48, ImageNet's at 64 and 128."""
-    if not is_image(data_shape):
-        raise not_images("resnet", data_shape)
-    if not takes(*data_shape[1:]):
-        shape = "x".join(map(str, data_shape[1:]))
-        raise UserError(f"model=resnet takes images whose longer side is 28 or 32 (CIFAR-10's layout, or any side from 8 "
-                        f"to 32 divisible by 4), 48 (STL-10's), 64 or 128 (ImageNet's), the shorter side halving as often; "
-                        f"got {shape}; nearest it takes: {nearest_shapes(data_shape, takes)} (data.image_size=[H,W]), "
-                        f"or use model=mlp")
+    check_image_shape("resnet", data_shape, takes, "images whose longer side is 28 or 32 (CIFAR-10's layout, or any "
+                      "side from 8 to 32 divisible by 4), 48 (STL-10's), 64 or 128 (ImageNet's), the shorter side "
+                      "halving as often")
     height, width = data_shape[1:]
     plan = layout_for(max(height, width))
     ups = len(plan.g) - 1
