@@ -10,7 +10,7 @@ from tqdm import tqdm
 from gantrain.components.data import load_data
 from gantrain.config import check_features, is_int, kwargs_of, pick_device, user_path
 from gantrain.errors import UserError
-from gantrain.evaluation.evaluate import CHUNK, feature_space
+from gantrain.evaluation.evaluate import CHUNK, feature_space, fixed_order
 from gantrain.evaluation.cards import network_card, real_card
 from gantrain.evaluation.protocol import describe
 from gantrain.evaluation.stats_files import write_stats
@@ -33,7 +33,7 @@ def stats_command(cfg) -> None:
     if data.x.dim() != 4:
         raise UserError(f"data={cfg.data.name} holds 2D points; statistics files are for image features")
     n = len(data) if cfg.n == "all" else min(cfg.n, len(data))
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]  # eval's real side, its first n
+    idx = fixed_order(data)[:n]  # eval's real side at n
     net, _, space = feature_space(data, cfg.features, cfg.inception_weights)
     with torch.no_grad():
         feats = torch.cat([net(data.floats(chunk)) for chunk in tqdm(idx.split(CHUNK), desc=f"{space} features",

