@@ -67,12 +67,13 @@ def protocols(jobs: list[Job], metric: str | None) -> tuple[dict[str, str], list
     """Each job's protocol label (A, B, ... by the footing of its `metric`: feature network, weights, resize,
     real side) and the lines that explain them: one per protocol, one when they differ (the jobs then rank
     only within a label), one when n_real / n_fake differ (noted, not separated)."""
-    cards = {j.run_dir: j.cards.get(metric) for j in jobs if metric and j.cards.get(metric)}
+    cards = {str(j.run_dir): j.cards.get(metric) for j in jobs if metric and j.cards.get(metric)}
+    feet = {d: json.dumps(footing(c), sort_keys=True) for d, c in cards.items()}
     labels: dict[str, str] = {}
-    for card in cards.values():
-        labels.setdefault(json.dumps(footing(card), sort_keys=True), chr(ord("A") + len(labels)))
-    by_job = {str(d): labels[json.dumps(footing(c), sort_keys=True)] for d, c in cards.items()}
-    legend = {labels[json.dumps(footing(c), sort_keys=True)]: describe(c) for c in cards.values()}
+    for foot in feet.values():
+        labels.setdefault(foot, chr(ord("A") + len(labels)))
+    by_job = {d: labels[foot] for d, foot in feet.items()}
+    legend = {by_job[d]: describe(c) for d, c in cards.items()}
     lines = [f"protocol {label}: {text}" for label, text in sorted(legend.items())]
     differ = differences(list(cards.values()))
     if differ:

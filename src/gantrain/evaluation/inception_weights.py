@@ -28,6 +28,7 @@ import torch
 
 from gantrain import cache
 from gantrain.errors import UserError
+from gantrain.evaluation.stats_files import sha256_of
 from gantrain.outputs.checkpoint import load_safely
 
 # sha256 of the 2048-feature part (every tensor but the output layer) of TensorFlow's 2015-12-05 Inception mapped
@@ -220,13 +221,10 @@ def check_name_hash(path: Path) -> None:
     found = HASH_IN_NAME.search(path.name)
     if not found:
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if not h.hexdigest().startswith(found.group(1)):
+    own = sha256_of(path)
+    if not own.startswith(found.group(1)):
         raise UserError(f"{path} is named for content whose sha256 begins {found.group(1)}, but its own begins "
-                        f"{h.hexdigest()[:len(found.group(1))]}: a truncated or altered copy; download it again")
+                        f"{own[:len(found.group(1))]}: a truncated or altered copy; download it again")
 
 
 def read_weights(path: Path, target: dict) -> Weights:
